@@ -1,0 +1,27 @@
+# Set-up and entry points. `make demo` and `make test` install everything they need first
+# (into .venv/, idempotent: a stamp file records a finished install).
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	bash scripts/install.sh $(VENV)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Run the main job on the embedded demo capture.
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) results/scene.ply
+
+# Run the test suite (CPU only; the whole suite takes a few minutes on 2 cores).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf work results .snakemake

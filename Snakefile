@@ -1,0 +1,34 @@
+# Splat Forge: GPS-tagged photos or 360 panoramas -> geo-referenced 3D Gaussian splat,
+# textured mesh and compressed PLY.
+#
+#   snakemake --cores 24 results/scene.ply
+#
+# One rules/<stage>.smk per stage; all logic lives in the splatforge_core package and
+# the scripts/ called by the rules are thin. See README.md and docs/formats.md.
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/ingest.smk"
+include: "rules/project.smk"
+include: "rules/sfm.smk"
+include: "rules/train.smk"
+include: "rules/export.smk"
+include: "rules/compress.smk"
+include: "rules/publish.smk"
+
+
+rule all:
+    input:
+        expand("results/{scene}.ply", scene=SCENES),
+    default_target: True

@@ -1,0 +1,41 @@
+# Helpers shared by every rule file.
+#
+# Paths: every artefact of a scene lives under work/{scene}/ and the finals under results/.
+# All paths are built here (scene_dir), so that a later issue can split one scene into
+# spatial clusters by inserting a {cluster} level (work/{scene}/clusters/{cluster}/...) for the
+# SfM and training rules and merging them again before export, without touching the stages.
+
+import copy
+import os
+
+SCENES = sorted(config["scenes"])
+
+wildcard_constraints:
+    scene="[A-Za-z0-9_.-]+",
+
+
+def scene_dir(scene):
+    return f"work/{scene}"
+
+
+def scene_input(wildcards):
+    """The scene's input photo folder: config `input` overrides the default scene's."""
+    if config.get("input") and wildcards.scene == config.get("default_scene", "scene"):
+        return config["input"]
+    return config["scenes"][wildcards.scene]["input"]
+
+
+def _merge(base, override):
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def stage_options(scene, section):
+    """Options of one stage for one scene: the global section with the scene's overrides on top."""
+    scene_cfg = config["scenes"].get(scene, {})
+    return _merge(config.get(section, {}), scene_cfg.get(section, {}))

@@ -1,0 +1,16 @@
+# Compress the trained splat PLY with the configured codec preset; JSON report beside it.
+
+
+rule compress:
+    input:
+        splat="work/{scene}/splat/splat.ply",
+    output:
+        compressed="results/{scene}.compressed.ply",
+        report="results/{scene}.compressed.json",
+    params:
+        preset=lambda wildcards: stage_options(wildcards.scene, "compress").get("preset", "qat-3dgs"),
+        options=lambda wildcards: {k: v for k, v in stage_options(wildcards.scene, "compress").items() if k != "preset"},
+    log:
+        "work/{scene}/logs/compress.log",
+    script:
+        "../scripts/compress.py"

@@ -1,0 +1,18 @@
+# Export the trained splat as a textured mesh (Poisson + xatlas UV + baked atlas): glb, obj, fbx.
+
+
+rule export_mesh:
+    input:
+        splat="work/{scene}/splat/splat.ply",
+    output:
+        glb="results/{scene}_mesh.glb",
+        obj="results/{scene}_mesh.obj",
+        fbx="results/{scene}_mesh.fbx",
+        report="work/{scene}/export/export.json",
+    params:
+        options=lambda wildcards: stage_options(wildcards.scene, "export"),
+    threads: workflow.cores
+    log:
+        "work/{scene}/logs/export.log",
+    script:
+        "../scripts/export.py"

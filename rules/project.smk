@@ -1,0 +1,17 @@
+# Project: equirectangular panoramas -> pinhole views forming one rig frame per panorama
+# (perspective photos are linked as they are), with views.json describing cameras and rig.
+
+
+rule project:
+    input:
+        manifest="work/{scene}/manifest.json",
+    output:
+        images=directory("work/{scene}/images"),
+        views="work/{scene}/views.json",
+    params:
+        options=lambda wildcards: stage_options(wildcards.scene, "project"),
+    threads: workflow.cores
+    log:
+        "work/{scene}/logs/project.log",
+    script:
+        "../scripts/project.py"

@@ -1,0 +1,16 @@
+# results/{scene}.ply is the canonical output and the last file of a scene to appear: it is
+# published (atomically copied from work/{scene}/splat/splat.ply) only once the meshes and the
+# compressed PLY exist, so `snakemake results/scene.ply` runs every stage.
+
+
+rule publish:
+    input:
+        splat="work/{scene}/splat/splat.ply",
+        meshes=multiext("results/{scene}_mesh", ".glb", ".obj", ".fbx"),
+        compressed="results/{scene}.compressed.ply",
+    output:
+        splat="results/{scene}.ply",
+    log:
+        "work/{scene}/logs/publish.log",
+    script:
+        "../scripts/publish.py"

@@ -6,12 +6,15 @@
 # One rules/<stage>.smk per stage; all logic lives in the splatforge_core package and
 # the scripts/ called by the rules are thin. See README.md and docs/formats.md.
 
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
 
 
-configfile: "config.yaml"
+# The repository's config.yaml is the default; --configfile / --config override it.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 validate(config, "schemas/config.schema.yaml")

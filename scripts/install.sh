@@ -19,5 +19,5 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # The machines this project runs on carry a cached CPU build of torch 2.13.0 for pip.
 "$VENV/bin/python" -m pip install -q torch==2.13.0
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -e ".[test]" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 "$VENV/bin/python" -c "import torch, pycolmap, gsplat, snakemake; print('[install] torch', torch.__version__, 'pycolmap', pycolmap.__version__, 'gsplat', gsplat.__version__)"

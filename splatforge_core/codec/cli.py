@@ -1,0 +1,85 @@
+"""``splatforge compress | decompress | info``: command-line front ends of :mod:`splatforge_core.codec`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import PLANNED, PRESETS, decompress, info, main
+
+
+def _preset_help() -> str:
+    lines = [f"  {k:<14} {'lossless' if v[0] else 'lossy':<9} {v[2]}" for k, v in PRESETS.items()]
+    lines += [f"  {k:<14} {'planned':<9} {v}" for k, v in PLANNED.items()]
+    return "presets:\n" + "\n".join(lines)
+
+
+def cli_compress(argv: list[str]) -> int:
+    """``splatforge compress --preset NAME IN OUT [--report FILE] [--option k=v ...]``.
+
+    Prints the JSON report on stdout; returns 0 on success (errors propagate as
+    SplatForgeError and the dispatcher turns them into exit code 1).
+    """
+    ap = argparse.ArgumentParser(
+        prog="splatforge compress",
+        description="Compress a 3DGS splat PLY.",
+        epilog=_preset_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--preset", required=True, help="codec preset (see below)")
+    ap.add_argument("--report", help="also write the JSON report to this file")
+    ap.add_argument(
+        "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+        help="codec option (JSON value), e.g. -o zstd_level=9 -o evaluate_psnr=false",
+    )
+    ap.add_argument("input", help="input splat PLY")
+    ap.add_argument("output", help="output file (.ply for qat-3dgs, .sfz for the others)")
+    a = ap.parse_args(argv)
+    opts = {}
+    for kv in a.option:
+        if "=" not in kv:
+            ap.error(f"--option {kv!r}: expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    report = main(a.input, a.output, a.report, a.preset, opts)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cli_decompress(argv: list[str]) -> int:
+    """``splatforge decompress IN OUT``: restore the PLY; prints a JSON summary."""
+    ap = argparse.ArgumentParser(prog="splatforge decompress", description="Restore a PLY compressed by splatforge.")
+    ap.add_argument("input")
+    ap.add_argument("output")
+    a = ap.parse_args(argv)
+    print(json.dumps(decompress(a.input, a.output), indent=2))
+    return 0
+
+
+def cli_info(argv: list[str]) -> int:
+    """``splatforge info FILE [--json]``: print a splat PLY's (or codec output's) layout."""
+    ap = argparse.ArgumentParser(prog="splatforge info", description="Print the layout of a splat PLY or codec output.")
+    ap.add_argument("file")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of text")
+    a = ap.parse_args(argv)
+    d = info(a.file)
+    if a.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    out = [f"{d['path']}", f"  format: {d['format']}", f"  codec: {d['codec'] or 'none (plain PLY)'}"]
+    for e in d["elements"]:
+        out.append(f"  element {e['name']} x {e['count']}: {len(e['properties'])} properties")
+        out.append("    " + ", ".join(e["properties"]))
+    out.append(f"  SH degree: {d.get('sh_degree')}")
+    if d.get("constant_fields"):
+        out.append(f"  constant fields (stored in the header): {', '.join(d['constant_fields'])}")
+    if "body" in d:
+        out.append(f"  body: {d['body']}")
+    if "layout_problem" in d:
+        out.append(f"  layout problem: {d['layout_problem']}")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0

@@ -1,0 +1,94 @@
+"""Structure from motion with pycolmap: images -> camera poses + sparse points in ENU metres.
+
+Stages (one module each, hloc style, each a plain ``main(...)``):
+
+* :mod:`.extract` -- SIFT features of every image of ``views.json`` into ``colmap/features.db``;
+  the views of one panorama form one rig (``pycolmap.apply_rig_config``, fixed ``cam_from_rig``).
+* :mod:`.pairs` -- ``pairs.txt`` from the GPS positions (K nearest capture positions in ENU),
+  sequential or exhaustive without GPS.
+* :mod:`.match` -- copies ``features.db``, matches the imported pairs there (rig-aware RANSAC
+  verification) and renames the result to ``colmap/database.db``.
+* :mod:`.mapping` -- incremental / global (GLOMAP) / hierarchical mapping; largest model to
+  ``sparse/0`` plus ``sparse/summary.json``.
+* :mod:`.align` -- robust similarity (Sim3d) from the SfM frame centres to their ENU GPS
+  positions; ``aligned/`` model in ENU metres (Z up) and ``alignment.json`` with residuals.
+
+This file holds the helpers the stages share: reading ``views.json`` (schema in
+``docs/formats.md``) and building an options dataclass from a plain config dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import InputError
+from ..io import read_json
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+
+def options_from(cls: type[T], options: dict | T | None, stage: str) -> T:
+    """Build the options dataclass ``cls`` from ``options`` (a plain dict, an instance, or None).
+
+    Raises:
+        InputError: an unknown key (the message lists the valid ones) or a value the
+            dataclass's ``__post_init__`` rejects.
+    """
+    if options is None:
+        return cls()
+    if isinstance(options, cls):
+        return options
+    if not isinstance(options, dict):
+        raise InputError(f"sfm {stage}: options must be a dict, got {type(options).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise InputError(f"sfm {stage}: unknown option(s) {unknown}; valid: {sorted(names)}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"sfm {stage}: bad options: {e}") from e
+
+
+def load_views(views_path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``views.json`` (schema: ``docs/formats.md``).
+
+    Returns the parsed dict with two added keys: ``"camera_by_view"`` (view name -> camera
+    dict) and ``"image_to_frame"`` (image name relative to ``images/`` -> frame name).
+
+    Raises:
+        InputError: unreadable file, wrong schema version, no frames, a frame naming an
+            unknown view, or an image name used twice.
+    """
+    views_path = Path(views_path)
+    try:
+        views = read_json(views_path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{views_path}: cannot read views.json ({e})") from e
+    if not isinstance(views, dict) or views.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{views_path}: not a views.json with schema_version {SCHEMA_VERSION}")
+    cams = views.get("cameras") or []
+    frames = views.get("frames") or []
+    if not frames:
+        raise InputError(f"{views_path}: no frames (no images to reconstruct)")
+    camera_by_view = {c["view"]: c for c in cams}
+    image_to_frame: dict[str, str] = {}
+    for fr in frames:
+        for view, name in fr["images"].items():
+            if view not in camera_by_view:
+                raise InputError(f"{views_path}: frame {fr['frame']!r} names unknown view {view!r}")
+            if name in image_to_frame:
+                raise InputError(f"{views_path}: image {name!r} appears in two frames")
+            image_to_frame[name] = fr["frame"]
+    views["camera_by_view"] = camera_by_view
+    views["image_to_frame"] = image_to_frame
+    return views
+
+
+def is_rig_frame(frame: dict) -> bool:
+    """True when a views.json frame is a panorama (several views or names ``view/frame.jpg``)."""
+    return len(frame["images"]) > 1 or any("/" in n for n in frame["images"].values())

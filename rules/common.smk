@@ -39,3 +39,10 @@ def stage_options(scene, section):
     """Options of one stage for one scene: the global section with the scene's overrides on top."""
     scene_cfg = config["scenes"].get(scene, {})
     return _merge(config.get(section, {}), scene_cfg.get(section, {}))
+
+
+def demo_ground_truth_path(wildcards):
+    """ground_truth.json of the demo capture when the scene's input is the demo, else ''."""
+    inp = os.path.normpath(scene_input(wildcards))
+    gt = os.path.join(os.path.dirname(inp), "ground_truth.json")
+    return gt if inp == os.path.normpath("work/demo/capture/images") else ""

@@ -4,8 +4,11 @@
 
 rule demo:
     output:
-        directory("work/demo/capture"),
+        # demo.main builds work/demo/capture as a whole (temp folder, then rename).
+        images=directory("work/demo/capture/images"),
+        ground_truth="work/demo/capture/ground_truth.json",
     params:
+        out_dir="work/demo/capture",
         options=lambda wildcards: config.get("demo", {}),
     log:
         "work/demo/logs/demo.log",

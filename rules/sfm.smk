@@ -10,7 +10,7 @@ rule sfm_extract:
     output:
         features="work/{scene}/colmap/features.db",
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm"),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("extract", {}),
     threads: workflow.cores
     resources:
         gpu=lambda wildcards: 1 if config.get("use_gpu", False) else 0,
@@ -26,7 +26,7 @@ rule sfm_pairs:
     output:
         pairs="work/{scene}/pairs.txt",
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm"),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("pairs", {}),
     log:
         "work/{scene}/logs/sfm_pairs.log",
     script:
@@ -37,11 +37,10 @@ rule sfm_match:
     input:
         features="work/{scene}/colmap/features.db",
         pairs="work/{scene}/pairs.txt",
-        views="work/{scene}/views.json",
     output:
         database="work/{scene}/colmap/database.db",
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm"),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("match", {}),
     threads: workflow.cores
     log:
         "work/{scene}/logs/sfm_match.log",
@@ -56,7 +55,7 @@ rule sfm_map:
     output:
         sparse=directory("work/{scene}/sparse"),
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm"),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("map", {}),
     threads: workflow.cores
     log:
         "work/{scene}/logs/sfm_map.log",
@@ -68,11 +67,13 @@ rule sfm_align:
     input:
         sparse="work/{scene}/sparse",
         views="work/{scene}/views.json",
+        manifest="work/{scene}/manifest.json",
     output:
         aligned=directory("work/{scene}/aligned"),
         report="work/{scene}/alignment.json",
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "align"),
+        ground_truth=demo_ground_truth_path,
     log:
         "work/{scene}/logs/sfm_align.log",
     script:

@@ -10,6 +10,8 @@ rule compress:
     params:
         preset=lambda wildcards: stage_options(wildcards.scene, "compress").get("preset", "qat-3dgs"),
         options=lambda wildcards: {k: v for k, v in stage_options(wildcards.scene, "compress").items() if k != "preset"},
+    benchmark:
+        "work/{scene}/benchmarks/compress.tsv"
     log:
         "work/{scene}/logs/compress.log",
     script:

@@ -10,6 +10,8 @@ rule demo:
     params:
         out_dir="work/demo/capture",
         options=lambda wildcards: config.get("demo", {}),
+    benchmark:
+        "work/demo/benchmarks/demo.tsv"
     log:
         "work/demo/logs/demo.log",
     script:

@@ -12,6 +12,8 @@ rule export_mesh:
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "export"),
     threads: workflow.cores
+    benchmark:
+        "work/{scene}/benchmarks/export_mesh.tsv"
     log:
         "work/{scene}/logs/export.log",
     script:

@@ -8,6 +8,8 @@ rule ingest:
         manifest="work/{scene}/manifest.json",
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "ingest"),
+    benchmark:
+        "work/{scene}/benchmarks/ingest.tsv"
     log:
         "work/{scene}/logs/ingest.log",
     script:

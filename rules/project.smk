@@ -11,6 +11,8 @@ rule project:
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "project"),
     threads: workflow.cores
+    benchmark:
+        "work/{scene}/benchmarks/project.tsv"
     log:
         "work/{scene}/logs/project.log",
     script:

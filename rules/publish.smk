@@ -10,6 +10,8 @@ rule publish:
         compressed="results/{scene}.compressed.ply",
     output:
         splat="results/{scene}.ply",
+    benchmark:
+        "work/{scene}/benchmarks/publish.tsv"
     log:
         "work/{scene}/logs/publish.log",
     script:

@@ -14,6 +14,8 @@ rule sfm_extract:
     threads: workflow.cores
     resources:
         gpu=lambda wildcards: 1 if config.get("use_gpu", False) else 0,
+    benchmark:
+        "work/{scene}/benchmarks/sfm_extract.tsv"
     log:
         "work/{scene}/logs/sfm_extract.log",
     script:
@@ -27,6 +29,8 @@ rule sfm_pairs:
         pairs="work/{scene}/pairs.txt",
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("pairs", {}),
+    benchmark:
+        "work/{scene}/benchmarks/sfm_pairs.tsv"
     log:
         "work/{scene}/logs/sfm_pairs.log",
     script:
@@ -42,6 +46,8 @@ rule sfm_match:
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("match", {}),
     threads: workflow.cores
+    benchmark:
+        "work/{scene}/benchmarks/sfm_match.tsv"
     log:
         "work/{scene}/logs/sfm_match.log",
     script:
@@ -57,6 +63,8 @@ rule sfm_map:
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("map", {}),
     threads: workflow.cores
+    benchmark:
+        "work/{scene}/benchmarks/sfm_map.tsv"
     log:
         "work/{scene}/logs/sfm_map.log",
     script:
@@ -74,6 +82,8 @@ rule sfm_align:
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "align"),
         ground_truth=demo_ground_truth_path,
+    benchmark:
+        "work/{scene}/benchmarks/sfm_align.tsv"
     log:
         "work/{scene}/logs/sfm_align.log",
     script:

@@ -17,6 +17,8 @@ rule train:
     threads: workflow.cores
     resources:
         gpu=lambda wildcards: 1 if config.get("use_gpu", False) else 0,
+    benchmark:
+        "work/{scene}/benchmarks/train.tsv"
     log:
         "work/{scene}/logs/train.log",
     script:

@@ -238,3 +238,46 @@ def test_rig_view_masks_partition_the_overlap():
     assert all(abs(f - 2 * 32 * np.tan(np.radians(30)) / 64) < 1.5 / 64 for f in frac), frac
     m = six["az000"]
     assert m[32, 32] == 255 and m[32, 0] == 0 and m[32, 63] == 0  # centre kept, side edges given away
+
+
+def test_rig_config_puts_reference_sensor_first_whatever_the_view_order():
+    """views.json lists the el -45 ring first by default; COLMAP needs the reference first."""
+    from splatforge_core.project import view_rotation
+    from splatforge_core.sfm.extract import reference_view, rig_config
+
+    names = ["az000_el-45", "az180_el-45", "az000_el+00", "az180_el+00"]
+    angles = [(0, -45), (180, -45), (0, 0), (180, 0)]
+    cams = {
+        n: {"view": n, "model": "PINHOLE", "width": 64, "height": 64, "params": [32, 32, 32, 32],
+            "cam_from_rig": {"rotation": view_rotation(a, e).tolist(), "translation": [0, 0, 0]}}
+        for n, (a, e) in zip(names, angles)
+    }
+    views = {"camera_by_view": cams, "cameras": list(cams.values()),
+             "frames": [{"frame": "p1", "kind": "equirectangular", "images": {n: f"{n}/p1.jpg" for n in names}}]}
+    assert reference_view(views) == "az000_el+00"
+    cfg = rig_config(views)
+    assert cfg is not None
+    assert cfg.cameras[0].ref_sensor and cfg.cameras[0].image_prefix == "az000_el+00/"
+    assert sum(c.ref_sensor for c in cfg.cameras) == 1
+
+
+def test_masks_work_with_relative_paths(tmp_path, monkeypatch):
+    """Snakemake passes relative paths: mask symlinks must still resolve."""
+    from pathlib import Path
+
+    from splatforge_core.sfm.extract import _write_masks
+    from splatforge_core.project import view_rotation
+
+    names = ["az000_el+00", "az180_el+00"]
+    cams = {
+        n: {"view": n, "model": "PINHOLE", "width": 32, "height": 32, "params": [16, 16, 16, 16],
+            "cam_from_rig": {"rotation": view_rotation(a, 0).tolist(), "translation": [0, 0, 0]}}
+        for n, a in zip(names, [0, 180])
+    }
+    views = {"camera_by_view": cams, "cameras": list(cams.values()),
+             "frames": [{"frame": "p1", "kind": "equirectangular", "images": {n: f"{n}/p1.jpg" for n in names}}]}
+    monkeypatch.chdir(tmp_path)
+    _write_masks(views, [f"{n}/p1.jpg" for n in names], Path("rel/masks"))
+    for n in names:
+        link = tmp_path / "rel" / "masks" / n / "p1.jpg.png"
+        assert link.exists(), f"broken mask link {link}"

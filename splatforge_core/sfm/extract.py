@@ -99,7 +99,9 @@ def rig_config(views: dict) -> pycolmap.RigConfig | None:
     ref = reference_view(views)
     if ref is None:
         return None
-    used = dict.fromkeys(v for fr in views["frames"] if is_rig_frame(fr) for v in fr["images"])
+    # COLMAP requires the reference sensor to be added first (rig.cc: "The reference sensor
+    # needs to be added first"), whatever order views.json lists the views in.
+    used = dict.fromkeys([ref] + [v for fr in views["frames"] if is_rig_frame(fr) for v in fr["images"]])
     r_ref = _rotation(views["camera_by_view"][ref])
     cams = []
     for v in used:
@@ -145,6 +147,8 @@ def _write_masks(views: dict, names: list[str], mask_dir: Path) -> None:
     masks = rig_view_masks(views)
     if not masks:
         return
+    # Absolute link targets: a relative target would be resolved from the link's own folder.
+    mask_dir = Path(mask_dir).resolve()
     (mask_dir / "_views").mkdir(parents=True)
     for v, m in masks.items():
         cv2.imwrite(str(mask_dir / "_views" / f"{v}.png"), m)

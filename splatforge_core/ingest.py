@@ -534,6 +534,10 @@ def main(
     stems: dict[str, str] = {}  # casefolded stem -> kept name
     for name in entries:
         p = folder / name
+        if name.startswith("."):
+            # Hidden files (".DS_Store", Snakemake's ".snakemake_timestamp" in a directory
+            # output) are not photos and not worth a skipped entry.
+            continue
         if p.is_dir():
             skipped.append({"name": name, "reason": "folder (ingest does not search sub-folders)"})
             continue

@@ -356,3 +356,17 @@ def test_cli(lund_dir, tmp_path):
     _edit_gps(d / "03.jpg", remove=tuple(piexif.load(str(d / "03.jpg"))["GPS"]))
     assert sf_cli.main(["ingest", str(d), str(out), "--no-require-gps"]) == 0
     assert json.loads(out.read_text())["images"][2]["lat"] is None
+
+
+def test_hidden_files_are_ignored_silently(tmp_path, lund_dir):
+    import shutil
+
+    from splatforge_core import ingest
+
+    for n in ["01.jpg", "02.jpg", "03.jpg"]:
+        shutil.copy(lund_dir / n, tmp_path / n)
+    (tmp_path / ".snakemake_timestamp").write_bytes(b"")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0")
+    m = ingest.main(tmp_path, tmp_path.parent / f"{tmp_path.name}_manifest.json")
+    assert len(m["images"]) == 3
+    assert m["skipped"] == []

@@ -1,0 +1,149 @@
+"""Read and write Gaussian splats as PLY in the standard Inria (3DGS) layout.
+
+Layout (graphdeco-inria/gaussian-splatting, ``scene/gaussian_model.py``,
+``GaussianModel.construct_list_of_attributes`` and ``save_ply``), one binary little-endian
+``vertex`` element with float32 properties in this order::
+
+    x y z nx ny nz f_dc_0 f_dc_1 f_dc_2 f_rest_0 .. f_rest_{3(K-1)-1}
+    opacity scale_0 scale_1 scale_2 rot_0 rot_1 rot_2 rot_3
+
+* ``f_dc_*``: degree-0 SH coefficient per colour channel (R, G, B).
+* ``f_rest_*``: higher SH coefficients, **channel-major**: the Inria code stores
+  ``features_rest`` as [N, K-1, 3] and saves ``features_rest.transpose(1, 2).flatten(1)``,
+  so the file holds all K-1 red coefficients, then all green, then all blue
+  (K = (degree+1)^2, i.e. 45 f_rest for SH degree 3, 24 for 2, 9 for 1, none for 0).
+* ``opacity``: logit of the opacity; ``scale_*``: natural log of the scale (metres);
+  ``rot_*``: quaternion in wxyz order (not necessarily normalised); ``nx ny nz``: zeros.
+
+gsplat's ``export_splats`` (format="ply"), SuperSplat, antimatter15/splat and the
+other web viewers read this layout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+from plyfile import PlyData, PlyElement
+
+from ..errors import InputError
+from ..io import atomic_path
+
+__all__ = ["write_splat_ply", "read_splat_ply", "sh_degree_from_rest"]
+
+
+def sh_degree_from_rest(n_rest_coeffs: int) -> int:
+    """SH degree from the number of higher-order coefficients per channel (K - 1).
+
+    Raises:
+        ValueError: ``n_rest_coeffs + 1`` is not a perfect square.
+    """
+    k = n_rest_coeffs + 1
+    d = int(round(math.sqrt(k))) - 1
+    if (d + 1) ** 2 != k:
+        raise ValueError(f"{n_rest_coeffs} SH rest coefficients per channel is not (d+1)^2-1")
+    return d
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def write_splat_ply(path: str | os.PathLike, means, scales, quats, opacities, sh0, shN) -> None:
+    """Write a splat to ``path`` in the Inria PLY layout (binary, float32), atomically.
+
+    Args:
+        path: destination ``.ply``; written to a temporary file and renamed into place.
+        means: [N, 3] positions (metres, ENU for this project).
+        scales: [N, 3] log-scales (natural log of metres).
+        quats: [N, 4] rotations, wxyz.
+        opacities: [N] (or [N, 1]) opacity logits.
+        sh0: [N, 3] or [N, 1, 3] degree-0 SH coefficients (R, G, B).
+        shN: [N, K-1, 3] higher SH coefficients (coefficient-major, channel last, as in
+            gsplat) or None / [N, 0, 3] for SH degree 0. Stored channel-major (see module).
+        Arrays may be numpy arrays or torch tensors (any float dtype).
+
+    Raises:
+        ValueError: inconsistent shapes, K not a square number, or non-finite values.
+    """
+    means, scales, quats = _np(means), _np(scales), _np(quats)
+    opac = _np(opacities).reshape(-1)
+    sh0 = _np(sh0).reshape(len(means), 3) if len(means) else _np(sh0).reshape(0, 3)
+    n = len(means)
+    shN = np.zeros((n, 0, 3), np.float32) if shN is None else _np(shN)
+    if shN.ndim != 3 or shN.shape[0] != n or shN.shape[2] != 3:
+        raise ValueError(f"shN must be [N, K-1, 3], got {shN.shape}")
+    sh_degree_from_rest(shN.shape[1])
+    for name, arr, shape in (("means", means, (n, 3)), ("scales", scales, (n, 3)),
+                             ("quats", quats, (n, 4)), ("opacities", opac, (n,))):
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    f_rest = shN.transpose(0, 2, 1).reshape(n, -1)  # channel-major, as Inria save_ply
+    cols = [means, np.zeros((n, 3), np.float32), sh0, f_rest, opac[:, None], scales, quats]
+    data = np.concatenate(cols, axis=1)
+    if not np.isfinite(data).all():
+        raise ValueError("splat has non-finite values; refusing to write a broken PLY")
+    names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+             + [f"f_rest_{i}" for i in range(f_rest.shape[1])]
+             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    rec = np.empty(n, dtype=[(nm, "<f4") for nm in names])
+    for i, nm in enumerate(names):
+        rec[nm] = data[:, i]
+    el = PlyElement.describe(rec, "vertex")
+    with atomic_path(path) as tmp:
+        PlyData([el], text=False, byte_order="<").write(str(tmp))
+
+
+def read_splat_ply(path: str | os.PathLike) -> Dict[str, np.ndarray]:
+    """Read an Inria-layout splat PLY.
+
+    Returns:
+        dict of float32 numpy arrays: ``means`` [N, 3], ``scales`` [N, 3] (log),
+        ``quats`` [N, 4] (wxyz), ``opacities`` [N] (logit), ``sh0`` [N, 3],
+        ``shN`` [N, K-1, 3] (channel last, like gsplat) and ``sh_degree`` (int, numpy
+        scalar in the dict as a Python int).
+
+    Raises:
+        InputError: the file is missing, not a PLY, or lacks a splat property.
+    """
+    path = Path(path)
+    try:
+        ply = PlyData.read(str(path))
+        v = ply["vertex"].data
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as e:  # plyfile raises several types for malformed input
+        raise InputError(f"{path}: not a readable PLY with a 'vertex' element ({e})") from e
+    names = set(v.dtype.names or ())
+    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+                "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [p for p in required if p not in names]
+    if missing:
+        raise InputError(f"{path}: not a Gaussian-splat PLY, missing properties {missing}")
+    n_rest = sum(1 for p in names if p.startswith("f_rest_"))
+    if n_rest % 3:
+        raise InputError(f"{path}: {n_rest} f_rest properties is not a multiple of 3")
+    try:
+        degree = sh_degree_from_rest(n_rest // 3)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
+
+    def stack(keys):
+        return np.stack([np.asarray(v[k], np.float32) for k in keys], axis=1)
+
+    n = len(v)
+    rest = stack([f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((n, 0), np.float32)
+    return {
+        "means": stack(["x", "y", "z"]),
+        "scales": stack(["scale_0", "scale_1", "scale_2"]),
+        "quats": stack(["rot_0", "rot_1", "rot_2", "rot_3"]),
+        "opacities": np.asarray(v["opacity"], np.float32),
+        "sh0": stack(["f_dc_0", "f_dc_1", "f_dc_2"]),
+        "shN": rest.reshape(n, 3, n_rest // 3).transpose(0, 2, 1).copy(),
+        "sh_degree": degree,
+    }

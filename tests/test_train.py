@@ -1,0 +1,297 @@
+"""Tests of the training stage (splatforge_core.train) on a tiny synthetic scene."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from plyfile import PlyData
+
+from splatforge_core.errors import InputError, SplatForgeError
+from splatforge_core.train import TrainOptions, main, read_splat_ply, write_splat_ply
+from splatforge_core.train import trainer as trainer_mod
+from splatforge_core.train.checkpoint import list_checkpoints
+from splatforge_core.train.data import load_scene
+from splatforge_core.train.synthetic import make_synthetic_scene
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """16 views of 64x48 (2 held out), 500 SfM points."""
+    return make_synthetic_scene(tmp_path_factory.mktemp("syn"), n_cameras=16, width=64, height=48,
+                                n_gaussians=3000, n_points=500)
+
+
+# ---------------------------------------------------------------- PLY ---------------------------
+
+
+def _random_splat(n, degree, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = (degree + 1) ** 2 - 1
+    return dict(means=torch.randn(n, 3, generator=g), scales=torch.randn(n, 3, generator=g),
+                quats=torch.randn(n, 4, generator=g), opacities=torch.randn(n, generator=g),
+                sh0=torch.randn(n, 1, 3, generator=g), shN=torch.randn(n, k, 3, generator=g))
+
+
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_ply_roundtrip_and_inria_layout(tmp_path, degree):
+    s = _random_splat(50, degree)
+    path = tmp_path / "a.ply"
+    write_splat_ply(path, **s)
+    ply = PlyData.read(str(path))
+    names = [p.name for p in ply["vertex"].properties]
+    k = 3 * ((degree + 1) ** 2 - 1)
+    assert names == (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+                     + [f"f_rest_{i}" for i in range(k)]
+                     + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    assert all(p.val_dtype in ("f4", "float32", "float") for p in ply["vertex"].properties)
+    if degree:
+        # channel-major: f_rest_0..K-2 are the red coefficients (Inria save_ply)
+        v = ply["vertex"].data
+        kk = (degree + 1) ** 2 - 1
+        np.testing.assert_allclose(v["f_rest_1"], s["shN"][:, 1, 0].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(v[f"f_rest_{kk}"], s["shN"][:, 0, 1].numpy(), rtol=1e-6)
+    d = read_splat_ply(path)
+    assert d["sh_degree"] == degree
+    for key in ("means", "scales", "quats", "opacities"):
+        np.testing.assert_allclose(d[key], s[key].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(d["sh0"], s["sh0"][:, 0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(d["shN"], s["shN"].numpy(), rtol=1e-6)
+
+
+def test_ply_matches_gsplat_export(tmp_path):
+    """gsplat's own exporter (independent code) must read back identically with ours."""
+    from gsplat import export_splats
+
+    s = _random_splat(30, 3, seed=1)
+    export_splats(**s, format="ply", save_to=str(tmp_path / "g.ply"))
+    d = read_splat_ply(tmp_path / "g.ply")
+    np.testing.assert_allclose(d["shN"], s["shN"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(d["quats"], s["quats"].numpy(), rtol=1e-6)
+
+
+def test_read_real_inria_ply(shared_data, tmp_path):
+    src = shared_data / "ply" / "inria3dgs_sh3_9080.ply"
+    d = read_splat_ply(src)
+    assert d["sh_degree"] == 3 and d["means"].shape == (9080, 3) and d["shN"].shape == (9080, 15, 3)
+    write_splat_ply(tmp_path / "b.ply", d["means"], d["scales"], d["quats"], d["opacities"], d["sh0"], d["shN"])
+    a = PlyData.read(str(src))["vertex"].data
+    b = PlyData.read(str(tmp_path / "b.ply"))["vertex"].data
+    for name in a.dtype.names:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_read_ply_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_splat_ply(tmp_path / "missing.ply")
+    (tmp_path / "junk.ply").write_text("hello")
+    with pytest.raises(InputError, match="junk.ply"):
+        read_splat_ply(tmp_path / "junk.ply")
+
+
+# ---------------------------------------------------------------- options / data ----------------
+
+
+def test_options_reject_unknown_and_bad_values():
+    with pytest.raises(InputError, match="unknown key"):
+        TrainOptions.from_dict({"iters": 5})
+    with pytest.raises(InputError, match="sh_degree"):
+        TrainOptions.from_dict({"sh_degree": 4})
+    with pytest.raises(InputError, match="strategy"):
+        TrainOptions.from_dict({"strategy": "magic"})
+    assert TrainOptions.from_dict({"iterations": 10}).iterations == 10
+
+
+def test_panoramas_held_out_whole(tmp_path):
+    p = make_synthetic_scene(tmp_path, n_cameras=18, width=32, height=24, n_gaussians=500, n_points=100,
+                             views_per_frame=2)
+    sc = load_scene(p["aligned"], p["images"], p["views"], eval_every_n=8)
+    # 9 frames sorted by name: pano_0000 and pano_0008 held out, each with both views
+    assert sc.test_frames == ["pano_0000", "pano_0008"]
+    assert sorted(v.name for v in sc.test) == ["v0/pano_0000.png", "v0/pano_0008.png",
+                                               "v1/pano_0000.png", "v1/pano_0008.png"]
+    assert len(sc.train) == 14 and not {v.frame for v in sc.train} & set(sc.test_frames)
+
+
+def test_downscale_scales_intrinsics(scene):
+    full = load_scene(scene["aligned"], scene["images"], scene["views"])
+    half = load_scene(scene["aligned"], scene["images"], scene["views"], max_side=32)
+    assert (full.train[0].width, full.train[0].height) == (64, 48)
+    assert (half.train[0].width, half.train[0].height) == (32, 24)
+    np.testing.assert_allclose(half.train[0].K[:2], full.train[0].K[:2] / 2, rtol=1e-6)
+
+
+def test_missing_model_is_input_error(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        main(tmp_path / "nope", tmp_path, None, tmp_path / "o", tmp_path / "o.ply", {"iterations": 1})
+
+
+# ---------------------------------------------------------------- training ----------------------
+
+
+def test_training_improves_heldout_psnr(scene, tmp_path):
+    out = tmp_path / "splat"
+    ply = tmp_path / "res" / "syn.ply"
+    m = main(scene["aligned"], scene["images"], scene["views"], out, ply,
+             {"iterations": 150, "eval_steps": [1], "checkpoint_every": 50, "progress": False,
+              "sh_degree_interval": 50, "seed": 1, "sky_points": 300})
+    first, last = m["evals"][0], m["final"]
+    assert m["evals"][0]["step"] == 1 and m["evals"][-1]["step"] == 150
+    assert m["n_test_views"] == 2 and m["test_images"] == ["img_0000.png", "img_0008.png"]
+    assert last["psnr"] > first["psnr"] + 3.0, m["evals"]
+    assert last["psnr"] > 20.0 and 0 < last["ssim"] <= 1
+    assert "lpips" not in last or np.isfinite(last["lpips"])
+    d = read_splat_ply(ply)
+    assert d["sh_degree"] == 3 and len(d["means"]) == m["num_gaussians"]
+    assert np.isfinite(d["means"]).all()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["final"] == m["final"] and saved["final_step"] == 150
+    for f in ("renders.png", "curve.png", "splat.ply"):
+        assert (out / f).stat().st_size > 0
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["ckpt_0000100.pt", "ckpt_0000150.pt"]
+
+
+def test_oom_retries_with_culling_tiers(scene, tmp_path, monkeypatch):
+    """A CUDA OOM (simulated) restarts from the last checkpoint with the next culling tier."""
+    real = trainer_mod._rasterization()
+    calls = {"n": 0}
+
+    def flaky(means, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 25:  # once, after the step-20 checkpoint
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(means, *a, **k)
+
+    monkeypatch.setattr(trainer_mod, "_rasterization", lambda: flaky)
+    m = main(scene["aligned"], scene["images"], scene["views"], tmp_path / "s", tmp_path / "s.ply",
+             {"iterations": 40, "checkpoint_every": 20, "progress": False, "eval_steps": [],
+              "oom_tiers": [[0.05, 300], [0.1, 100]], "sky_points": 0})
+    assert m["oom_tier"] == 1 and m["final_step"] == 40
+    assert m["num_gaussians"] <= 300
+    assert (read_splat_ply(tmp_path / "s.ply")["opacities"] > -1e9).all()
+
+
+def test_oom_last_tier_says_farm_out(scene, tmp_path, monkeypatch):
+    def always_oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(trainer_mod, "_rasterization", lambda: always_oom)
+    with pytest.raises(SplatForgeError, match="farm the training job out"):
+        main(scene["aligned"], scene["images"], scene["views"], tmp_path / "s", tmp_path / "s.ply",
+             {"iterations": 10, "progress": False, "oom_tiers": [[0.1, 100]], "sky_points": 0})
+    assert not (tmp_path / "s.ply").exists()
+
+
+def test_mcmc_refused_on_cpu(scene, tmp_path):
+    with pytest.raises(InputError, match="mcmc"):
+        main(scene["aligned"], scene["images"], scene["views"], tmp_path / "s", tmp_path / "s.ply",
+             {"iterations": 5, "strategy": "mcmc", "device": "cpu", "progress": False})
+
+
+@pytest.mark.slow  # two interpreter start-ups + training: ~15 s idle, ~40 s on the shared 2-core machine
+def test_kill_and_resume_subprocess(scene, tmp_path):
+    """SIGKILL the CLI after its first checkpoint; the same command resumes and finishes."""
+    out = tmp_path / "splat"
+    ply = tmp_path / "res.ply"
+    iters = 120
+    cmd = [sys.executable, "-m", "splatforge_core.train.trainer", "--aligned", str(scene["aligned"]),
+           "--images", str(scene["images"]), "--views", str(scene["views"]), "--out", str(out),
+           "--ply", str(ply), "--set", f"iterations={iters}", "--set", "checkpoint_every=10",
+           "--set", "eval_steps=[]", "--set", "progress=false", "--set", "keep_checkpoints=100",
+           "--set", "sky_points=200"]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    try:
+        while not list_checkpoints(out / "checkpoints"):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() - t0 < 120, "no checkpoint after 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not ply.exists()
+    done = int(list_checkpoints(out / "checkpoints")[-1].stem.split("_")[1])
+    assert 10 <= done < iters
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from checkpoint" in r.stderr and f"at step {done} of {iters}" in r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["resumed_from"] == [done] and m["final_step"] == iters
+    assert len(read_splat_ply(ply)["means"]) == m["num_gaussians"] > 0
+
+
+def _one_camera_model(tmp_path, model, params, n_images=2):
+    import cv2
+    import pycolmap
+
+    (tmp_path / "images").mkdir()
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model=model, width=40, height=30, params=params))
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        img = np.zeros((30, 40, 3), np.uint8)
+        img[:, ::4] = 255  # vertical lines: radial distortion bends them
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), img)
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{i}.png", camera_id=1, image_id=i + 1),
+                                         pycolmap.Rigid3d(pycolmap.Rotation3d(np.eye(3)), np.array([i, 0, 0.0])))
+    for _ in range(5):
+        rec.add_point3D(rng.normal(0, 1, 3) + [0, 0, 5], pycolmap.Track(), np.array([1, 2, 3], np.uint8))
+    (tmp_path / "m").mkdir()
+    rec.write(str(tmp_path / "m"))
+    return tmp_path / "m", tmp_path / "images"
+
+
+def test_simple_radial_is_undistorted(tmp_path):
+    m, imgs = _one_camera_model(tmp_path, "SIMPLE_RADIAL", [35.0, 20.5, 15.5, 0.3])
+    sc = load_scene(m, imgs, None, eval_every_n=0)
+    v = sc.train[0]
+    np.testing.assert_allclose(v.K, [[35, 0, 20.5], [0, 35, 15.5], [0, 0, 1]])
+    import cv2
+
+    raw = cv2.cvtColor(cv2.imread(str(imgs / "0.png")), cv2.COLOR_BGR2RGB)
+    assert v.image.shape == raw.shape and not np.array_equal(v.image, raw)
+    # the centre column (on the principal point's vertical) is unchanged by radial distortion
+    np.testing.assert_array_equal(v.image[2:-2, 20], raw[2:-2, 20])  # (edge rows sample outside)
+
+
+def test_fisheye_model_rejected(tmp_path):
+    m, imgs = _one_camera_model(tmp_path, "OPENCV_FISHEYE", [35.0, 35.0, 20.0, 15.0, 0.1, 0, 0, 0])
+    with pytest.raises(InputError, match="OPENCV_FISHEYE"):
+        load_scene(m, imgs, None)
+
+
+def test_dispatcher_reports_bad_input(tmp_path):
+    from splatforge_core.cli import main as cli_main
+
+    rc = cli_main(["train", "--aligned", str(tmp_path / "nope"), "--images", str(tmp_path), "--out",
+                   str(tmp_path / "o"), "--ply", str(tmp_path / "o.ply"), "--set", "iterations=1"])
+    assert rc == 1 and not (tmp_path / "o.ply").exists()
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+
+
+def test_sky_sphere_colours_from_views(scene):
+    from splatforge_core.train.trainer import sky_sphere
+
+    sc = load_scene(scene["aligned"], scene["images"], scene["views"])
+    pts, col, c, radius = sky_sphere(sc, 400, 1.5)
+    assert pts.shape == (400, 3) and col.shape == (400, 3)
+    np.testing.assert_allclose(np.linalg.norm(pts - c, axis=1), radius, rtol=1e-4)
+    # synthetic images have a black background: points seen by a camera are sampled dark,
+    # points seen by none get the 0.5 grey default
+    assert (col < 0.1).all(axis=1).sum() > 50 and np.isclose(col, 0.5).all(axis=1).sum() > 50

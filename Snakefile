@@ -28,6 +28,7 @@ include: "rules/sfm.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"
 include: "rules/compress.smk"
+include: "rules/report.smk"
 include: "rules/publish.smk"
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sfm": ("splatforge_core.sfm.cli", "cli", "structure from motion stages: extract, pairs, match, map, align"),
     "train": ("splatforge_core.train.trainer", "cli", "train a 3D Gaussian splat (gsplat on CUDA, torch on CPU)"),
     "export": ("splatforge_core.export", "cli", "splat -> Poisson mesh, UV atlas, baked texture (glb/obj/fbx)"),
+    "report": ("splatforge_core.report", "cli", "per-scene run report (Markdown + PNG figures)"),
     "compress": ("splatforge_core.codec.cli", "cli_compress", "compress a splat PLY with a codec preset"),
     "decompress": ("splatforge_core.codec.cli", "cli_decompress", "restore a compressed splat PLY"),
     "info": ("splatforge_core.codec.cli", "cli_info", "print a splat PLY's layout"),

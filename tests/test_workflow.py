@@ -26,7 +26,7 @@ def test_dry_run_has_every_stage(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     for rule in ["demo", "ingest", "project", "sfm_extract", "sfm_pairs", "sfm_match", "sfm_map",
-                 "sfm_align", "train", "export_mesh", "compress", "publish"]:
+                 "sfm_align", "train", "export_mesh", "compress", "report", "publish"]:
         assert f"rule {rule}:" in out or f"\n{rule} " in out, rule
 
 

@@ -1,0 +1,17 @@
+# A run report per scene that a person can look at: Markdown + PNGs under results/{scene}_report/.
+
+
+rule report:
+    input:
+        splat="work/{scene}/splat/splat.ply",
+        alignment="work/{scene}/alignment.json",
+        compressed="results/{scene}.compressed.json",
+        export="work/{scene}/export/export.json",
+    output:
+        report=directory("results/{scene}_report"),
+    params:
+        scene_dir="work/{scene}",
+    log:
+        "work/{scene}/logs/report.log",
+    script:
+        "../scripts/report.py"

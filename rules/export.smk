@@ -7,9 +7,12 @@ rule export_mesh:
     output:
         glb="results/{scene}_mesh.glb",
         obj="results/{scene}_mesh.obj",
+        mtl="results/{scene}_mesh.mtl",
+        texture="results/{scene}_mesh.png",
         fbx="results/{scene}_mesh.fbx",
         report="work/{scene}/export/export.json",
     params:
+        prefix="results/{scene}_mesh",
         options=lambda wildcards: stage_options(wildcards.scene, "export"),
     threads: workflow.cores
     benchmark:

@@ -78,3 +78,32 @@ def test_unimplemented_or_failing_stage_leaves_no_output(tmp_path):
     assert not (tmp_path / "work/scene/manifest.json").exists()
     log = (tmp_path / "work/scene/logs/ingest.log").read_text()
     assert "photos" in log
+
+
+@pytest.mark.slow
+def test_killed_during_sfm_then_rerun_finishes(tmp_path):
+    """Kill the whole Snakemake run while SIFT extraction runs; the same command then finishes."""
+    import signal
+    import time
+
+    target = "work/scene/alignment.json"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--cores", "2", f"--configfile={TINY}", target]
+    env = dict(os.environ, GLOG_minloglevel="2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    log = tmp_path / "work/scene/logs/sfm_extract.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and "start" in log.read_text()):
+        assert proc.poll() is None, "the run ended before extraction started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside extraction
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / target).exists()
+    r = snakemake(tmp_path, f"--configfile={TINY}", target)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    assert (tmp_path / target).exists()
+    # no temporary leftovers that look like finished outputs
+    leftovers = [p.name for p in (tmp_path / "work/scene/colmap").iterdir() if ".tmp" in p.name]
+    assert leftovers == []

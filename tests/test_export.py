@@ -1,0 +1,218 @@
+"""Tests of the export stage (splat -> Poisson mesh -> UV atlas -> baked texture -> glb/obj/fbx)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splatforge_core.errors import InputError
+from splatforge_core.export import ExportOptions, cli, main
+from splatforge_core.export import mesh as M
+from splatforge_core.export.bake import raster_triangles
+from splatforge_core.export.synthetic import sphere_colour, sphere_splat, write_ply
+
+CENTRE = np.array([10.0, 20.0, 5.0])
+FAST = {"texture_size": 128, "poisson_depth": 6, "target_faces": 3000}
+
+
+@pytest.fixture(scope="module")
+def sphere_ply(tmp_path_factory) -> Path:
+    return write_ply(tmp_path_factory.mktemp("splat") / "sphere.ply", sphere_splat(3000, centre=CENTRE, sh_degree=1))
+
+
+@pytest.fixture(scope="module")
+def exported(sphere_ply, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    rep = main(sphere_ply, out / "sphere_mesh", report_path=out / "report.json", options=FAST)
+    return out, rep
+
+
+def test_outputs_and_report(exported):
+    out, rep = exported
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["report.json", "sphere_mesh.fbx", "sphere_mesh.glb", "sphere_mesh.mtl",
+                     "sphere_mesh.obj", "sphere_mesh.png"]
+    c = rep["counts"]
+    assert c["gaussians_in"] == 3000 and c["faces"] <= FAST["target_faces"]
+    assert c["faces"] > 1000
+    assert rep["normals"]["n_shortest_axis"] == 3000  # all synthetic Gaussians are flat
+    assert set(rep["timings_s"]) >= {"poisson", "trim", "decimate", "uv", "bake", "total"}
+    assert rep["verify"]["fbx"]["assimp_format"] == "fbxa"
+    # the .mtl references the final texture name, not a temporary one
+    assert "map_Kd sphere_mesh.png" in (out / "sphere_mesh.mtl").read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_glb_readback_enu(exported):
+    import trimesh
+
+    out, rep = exported
+    sc = trimesh.load(out / "sphere_mesh.glb", force="scene", process=False)
+    (m,) = sc.geometry.values()
+    assert len(m.vertices) == rep["counts"]["vertices"] and len(m.faces) == rep["counts"]["faces"]
+    assert m.visual.uv.shape == (len(m.vertices), 2)
+    assert m.visual.material.baseColorTexture.size == (128, 128)
+    # raw vertex data is ENU metres: a unit sphere around CENTRE
+    r = np.linalg.norm(np.asarray(m.vertices) - CENTRE, axis=1)
+    assert np.abs(r - 1.0).max() < 0.08
+    # the node maps ENU (Z up) to glTF Y up: world-space top of the sphere is +Y
+    world = sc.to_geometry()
+    assert np.isclose(world.vertices[:, 1].max(), CENTRE[2] + 1.0, atol=0.08)
+
+
+def test_obj_readback_and_colours(exported):
+    import trimesh
+
+    out, rep = exported
+    m = trimesh.load(out / "sphere_mesh.obj", force="mesh", process=False, maintain_order=True)
+    assert len(m.vertices) == rep["counts"]["vertices"] and len(m.faces) == rep["counts"]["faces"]
+    assert m.visual.uv.shape == (len(m.vertices), 2)
+    assert m.visual.material.image.size == (128, 128)
+    # vertex colours (v x y z r g b) match the synthetic ground truth colour of the sphere
+    rows = [l.split() for l in (out / "sphere_mesh.obj").read_text().splitlines() if l.startswith("v ")]
+    arr = np.array(rows)[:, 1:].astype(float)
+    assert arr.shape == (rep["counts"]["vertices"], 6)
+    err = np.abs(arr[:, 3:] - sphere_colour(arr[:, :3], CENTRE))
+    assert np.median(err) < 0.05 and np.mean(err) < 0.12
+
+
+def test_texture_matches_ground_truth(exported):
+    """Sample the baked PNG at each vertex's UV and compare with the sphere's true colour."""
+    import trimesh
+    from PIL import Image
+
+    out, _ = exported
+    m = trimesh.load(out / "sphere_mesh.obj", force="mesh", process=False, maintain_order=True)
+    tex = np.asarray(Image.open(out / "sphere_mesh.png").convert("RGB")).astype(float) / 255
+    uv = m.visual.uv
+    H, W = tex.shape[:2]
+    col = tex[np.clip(((1 - uv[:, 1]) * H).astype(int), 0, H - 1), np.clip((uv[:, 0] * W).astype(int), 0, W - 1)]
+    err = np.abs(col - sphere_colour(np.asarray(m.vertices), CENTRE))
+    assert np.median(err) < 0.06
+
+
+def test_fbx_readback(exported):
+    import pyassimp
+    from pyassimp import postprocess as pp
+
+    out, rep = exported
+    with pyassimp.load(str(out / "sphere_mesh.fbx"),
+                       processing=pp.aiProcess_Triangulate | pp.aiProcess_JoinIdenticalVertices) as sc:
+        assert sum(len(m.vertices) for m in sc.meshes) == rep["counts"]["vertices"]
+        assert sum(len(m.faces) for m in sc.meshes) == rep["counts"]["faces"]
+        tc = np.asarray(sc.meshes[0].texturecoords)
+        assert tc.shape[1] == rep["counts"]["vertices"]
+        files = [v for mat in sc.materials for k, v in mat.properties.items() if k == "file"]
+        assert "sphere_mesh.png" in [str(f) for f in files]
+
+
+def test_shortest_axis_normals_point_out(sphere_ply):
+    s = M._read_splat_ply(sphere_ply)
+    n, stats = M.gaussian_normals(s, "shortest_axis")
+    radial = (s.means - CENTRE) / np.linalg.norm(s.means - CENTRE, axis=1, keepdims=True)
+    d = np.sum(n * radial, axis=1)
+    # exact surface normal, pointing out everywhere (MST propagation + top points face up)
+    assert np.abs(d - 1).max() < 1e-4
+
+
+def test_mesh_faces_point_outward(exported):
+    import trimesh
+
+    out, _ = exported
+    m = trimesh.load(out / "sphere_mesh.obj", force="mesh", process=False, maintain_order=True)
+    c = np.asarray(m.triangles_center) - CENTRE
+    assert np.mean(np.sum(np.asarray(m.face_normals) * c, axis=1) > 0) > 0.99
+
+
+def test_raster_triangles_area_and_zbuffer():
+    xy = np.array([[[0, 0], [64, 0], [0, 64]]], dtype=float)
+    pix, fid, bary = raster_triangles(xy, 64, 64)
+    assert abs(len(pix) - 64 * 64 / 2) < 64 + 1
+    assert np.allclose(bary.sum(axis=1), 1, atol=1e-5)
+    # two overlapping full-screen triangles: the nearer one wins everywhere
+    tri = np.array([[-1, -1], [200, -1], [-1, 200]], dtype=float)
+    pix, fid, _ = raster_triangles(np.stack([tri, tri]), 32, 32, depth=np.array([[2.0] * 3, [1.0] * 3]))
+    assert len(pix) == 32 * 32 and (fid == 1).all()
+
+
+def test_options_reject_unknown_key():
+    with pytest.raises(ValueError, match="unknown export option"):
+        ExportOptions.from_dict({"texture_sise": 512})
+    with pytest.raises(ValueError, match="normals"):
+        ExportOptions.from_dict({"normals": "magic"})
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _cols(n=500, seed=1):
+    return sphere_splat(n, centre=CENTRE, seed=seed)
+
+
+def _bad_cases(tmp: Path):
+    c = _cols()
+    planar = dict(c)
+    planar["z"] = np.zeros_like(c["z"])
+    few = {k: v[:10] for k, v in c.items()}
+    empty = {k: v[:0] for k, v in c.items()}
+    noop = {k: v for k, v in c.items() if k != "opacity"}
+    nan = dict(c)
+    nan["x"] = c["x"].copy()
+    nan["x"][3] = np.nan
+    inf = dict(c)
+    inf["scale_1"] = c["scale_1"].copy()
+    inf["scale_1"][7] = np.inf
+    transparent = dict(c)
+    transparent["opacity"] = np.full_like(c["opacity"], -8.0)
+    (tmp / "garbage.ply").write_bytes(b"this is not a ply file\n")
+    return {
+        "planar": (write_ply(tmp / "planar.ply", planar), "plane"),
+        "few": (write_ply(tmp / "few.ply", few), "only 10"),
+        "empty": (write_ply(tmp / "empty.ply", empty), "empty"),
+        "no_opacity": (write_ply(tmp / "noop.ply", noop), "missing required splat column.*opacity"),
+        "nan": (write_ply(tmp / "nan.ply", nan), "column x has 1 NaN/Inf"),
+        "inf": (write_ply(tmp / "inf.ply", inf), "column scale_1 has 1 NaN/Inf"),
+        "transparent": (write_ply(tmp / "transparent.ply", transparent), "only 0 usable"),
+        "garbage": (tmp / "garbage.ply", "not a readable PLY"),
+        "missing": (tmp / "nope.ply", "not found"),
+    }
+
+
+@pytest.mark.parametrize("case", ["planar", "few", "empty", "no_opacity", "nan", "inf", "transparent",
+                                  "garbage", "missing"])
+def test_bad_input_clear_error_no_outputs(tmp_path, case):
+    (tmp_path / "in").mkdir()
+    path, msg = _bad_cases(tmp_path / "in")[case]
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=msg) as ei:
+        main(path, out / "mesh", report_path=out / "report.json", options=FAST)
+    assert str(path) in str(ei.value)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_bad_input_exit_code(tmp_path):
+    from splatforge_core.cli import main as sf_main
+
+    p = tmp_path / "garbage.ply"
+    p.write_bytes(b"nope")
+    assert sf_main(["export", str(p), "--out-prefix", str(tmp_path / "m")]) == 1
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["garbage.ply"]
+
+
+def test_cli_runs(sphere_ply, tmp_path):
+    rc = cli([str(sphere_ply), "--out-prefix", str(tmp_path / "s_mesh"), "--formats", "glb",
+              "--texture-size", "64", "--poisson-depth", "5", "--target-faces", "800"])
+    assert rc == 0
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s_mesh.glb"]
+
+
+@pytest.mark.slow
+def test_real_splat_export(shared_data, tmp_path):
+    """A real trained splat (Mip-Splatting donut, SH degree 0): every format reads back."""
+    ply = shared_data / "ply" / "mipsplat_sh0_45624.ply"
+    rep = main(ply, tmp_path / "donut_mesh", options={"texture_size": 512, "poisson_depth": 8,
+                                                      "target_faces": 20000})
+    assert rep["counts"]["faces"] <= 20000 and rep["counts"]["faces"] > 2000
+    assert set(rep["verify"]) == {"glb", "obj", "fbx"}

@@ -107,3 +107,29 @@ def test_killed_during_sfm_then_rerun_finishes(tmp_path):
     # no temporary leftovers that look like finished outputs
     leftovers = [p.name for p in (tmp_path / "work/scene/colmap").iterdir() if ".tmp" in p.name]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end(tmp_path):
+    """The main job on the tiny config: splat, meshes, compressed PLY and run report."""
+    import json
+
+    r = snakemake(tmp_path, f"--configfile={TINY}", "results/scene.ply", timeout=1500)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    res = tmp_path / "results"
+    from plyfile import PlyData
+
+    ply = PlyData.read(str(res / "scene.ply"))
+    assert ply["vertex"].count > 1000
+    names = [p.name for p in ply["vertex"].properties]
+    assert names[:6] == ["x", "y", "z", "nx", "ny", "nz"] and "opacity" in names and "rot_3" in names
+    for ext in ["glb", "obj", "mtl", "png", "fbx"]:
+        assert (res / f"scene_mesh.{ext}").stat().st_size > 0, ext
+    comp = json.loads((res / "scene.compressed.json").read_text())
+    assert comp["status"] == "ok" and comp["bitexact_roundtrip"] is True
+    metrics = json.loads((tmp_path / "work/scene/splat/metrics.json").read_text())
+    assert metrics
+    report = (res / "scene_report" / "report.md").read_text()
+    assert "registered" in report
+    again = snakemake(tmp_path, f"--configfile={TINY}", "results/scene.ply")
+    assert "Nothing to be done" in (again.stdout + again.stderr)

@@ -104,6 +104,7 @@ from PIL import Image
 from .errors import InputError
 from .io import atomic_path, write_json
 from .log import get_logger
+from .options import build_options
 
 log = get_logger("demo")
 
@@ -206,22 +207,7 @@ class DemoOptions:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "DemoOptions":
         """Build options from a plain dict (config section); unknown keys raise :class:`InputError`."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown demo option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**d)
-
-
-def _as_options(options: dict | DemoOptions | None) -> DemoOptions:
-    if options is None:
-        return DemoOptions()
-    if isinstance(options, DemoOptions):
-        return options
-    if isinstance(options, dict):
-        return DemoOptions.from_dict(options)
-    raise InputError(f"demo options must be a dict or DemoOptions, got {type(options).__name__}")
+        return build_options(cls, d, "demo")
 
 
 # --------------------------------------------------------------------------------------
@@ -641,7 +627,7 @@ def main(out_dir: str | os.PathLike, options: dict | DemoOptions | None = None) 
     """
     from .ingest import enu_to_geodetic
 
-    opts = _as_options(options)
+    opts = build_options(DemoOptions, options, "demo")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     n, width, height = opts.n_panoramas, opts.width, opts.width // 2

@@ -77,6 +77,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from .errors import InputError
 from .io import write_json
 from .log import get_logger
+from .options import build_options
 
 log = get_logger("ingest")
 
@@ -133,22 +134,7 @@ class IngestOptions:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "IngestOptions":
         """Build options from a plain dict (config section); unknown keys raise :class:`InputError`."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown ingest option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**d)
-
-
-def _as_options(options: dict | IngestOptions | None) -> IngestOptions:
-    if options is None:
-        return IngestOptions()
-    if isinstance(options, IngestOptions):
-        return options
-    if isinstance(options, dict):
-        return IngestOptions.from_dict(options)
-    raise InputError(f"ingest options must be a dict or IngestOptions, got {type(options).__name__}")
+        return build_options(cls, d, "ingest")
 
 
 # --------------------------------------------------------------------------------------
@@ -517,7 +503,7 @@ def main(
         InputError: missing/unreadable folder, bad options, mixed camera kinds (unless
             ``allow_mixed``), fewer than ``min_images`` usable images. Nothing is written then.
     """
-    opts = _as_options(options)
+    opts = build_options(IngestOptions, options, "ingest")
     if opts.check_decode and ImageFile.LOAD_TRUNCATED_IMAGES:
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set by another module: truncated JPEGs may go undetected")
     folder = Path(input_dir)

@@ -106,6 +106,7 @@ import numpy as np
 from .errors import InputError
 from .io import atomic_path, read_json, write_json
 from .log import get_logger
+from .options import build_options
 
 log = get_logger("project")
 
@@ -202,27 +203,13 @@ class ProjectOptions:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "ProjectOptions":
         """Build options from a plain dict (config section); unknown keys raise :class:`InputError`."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown project option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**d)
+        return build_options(cls, d, "project")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of the options (tuples as lists)."""
         out = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
-
-def _as_options(options: dict | ProjectOptions | None) -> ProjectOptions:
-    if options is None:
-        return ProjectOptions()
-    if isinstance(options, ProjectOptions):
-        return options
-    if isinstance(options, dict):
-        return ProjectOptions.from_dict(options)
-    raise InputError(f"project options must be a dict or ProjectOptions, got {type(options).__name__}")
 
 
 # --------------------------------------------------------------------------------------
@@ -372,7 +359,7 @@ def view_layout(options: dict | ProjectOptions | None = None) -> list[View]:
         InputError: no view left after ``min_elevation_deg`` / ``drop_views``, an unknown
             name in ``drop_views``, or two views with the same name (duplicate angles).
     """
-    opts = options if isinstance(options, ProjectOptions) else _as_options(options)
+    opts = build_options(ProjectOptions, options, "project")
     if opts.azimuths_deg is not None:
         azs = [a % 360.0 for a in opts.azimuths_deg]
     else:
@@ -699,7 +686,7 @@ def main(
             written.
     """
     t_start = time.perf_counter()
-    opts = _as_options(options)
+    opts = build_options(ProjectOptions, options, "project")
     manifest_path = Path(manifest_path)
     try:
         manifest = read_json(manifest_path)

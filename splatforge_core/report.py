@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime as _dt
 import json
 import math
@@ -41,6 +40,7 @@ from typing import Any
 from .errors import InputError
 from .io import atomic_path, read_json
 from .log import get_logger
+from .options import build_options
 
 log = get_logger("report")
 
@@ -71,15 +71,9 @@ class ReportOptions:
     @classmethod
     def from_dict(cls, d: dict | ReportOptions | None) -> ReportOptions:
         """Build from a plain dict; raise :class:`InputError` on unknown keys or bad values."""
-        if d is None:
-            return cls()
         if isinstance(d, cls):
             return d
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"report options: unknown key(s) {unknown}; known: {sorted(known)}")
-        o = cls(**d)
+        o = build_options(cls, d, "report")
         if o.dpi <= 0 or o.label_frames < 0:
             raise InputError("report options: dpi must be > 0 and label_frames >= 0")
         return o

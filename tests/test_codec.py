@@ -334,7 +334,7 @@ def test_selfcheck_failure_deletes_output(tmp_path: Path, small_ply: Path, monke
 
 
 def test_options_and_presets(tmp_path: Path, small_ply: Path) -> None:
-    with pytest.raises(InputError, match="unknown key"):
+    with pytest.raises(InputError, match="unknown compress option"):
         CodecOptions.from_dict({"zstd_levl": 3})
     with pytest.raises(InputError, match="not implemented yet.*Available presets: qat-3dgs"):
         main(small_ply, tmp_path / "o.ply", None, "qat-int8")

@@ -203,7 +203,7 @@ def test_read_benchmarks_na_and_bad_file(tmp_path: Path) -> None:
 
 
 def test_options_and_bad_scene(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="unknown key"):
+    with pytest.raises(InputError, match="unknown report option"):
         report.ReportOptions.from_dict({"colour": "red"})
     with pytest.raises(InputError, match="dpi"):
         report.ReportOptions.from_dict({"dpi": 0})

@@ -98,7 +98,7 @@ def test_pairs_gps_knn_and_fallbacks(tmp_path):
     assert s["method"] == "sequential" and s["num_frame_pairs"] == 5 + 4
     s = pairs.main(tmp_path / "views.json", tmp_path / "pairs.txt", {"no_gps": "exhaustive"})
     assert s["method"] == "exhaustive" and s["num_pairs"] == s["num_all_pairs"]
-    with pytest.raises(InputError, match="unknown option"):
+    with pytest.raises(InputError, match="unknown sfm pairs option.*'k'"):
         pairs.main(tmp_path / "views.json", tmp_path / "pairs.txt", {"k": 3})
 
 

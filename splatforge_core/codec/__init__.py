@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import write_json
 from ..log import get_logger
+from ..options import build_options
 from .container import container_codec, is_container, read_container_meta
 from .layout import map_file, parse_header, read_body, sh_degree, validate_3dgs
 
@@ -73,13 +74,8 @@ class CodecOptions:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CodecOptions":
-        """Build from a plain dict; unknown keys raise :class:`InputError`."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"compress options: unknown key(s) {unknown}; known: {sorted(known)}")
-        o = cls(**d)
+        """Build from a plain dict; unknown keys or values out of range raise :class:`InputError`."""
+        o = build_options(cls, d, "compress")
         if o.zstd_level is not None and not 1 <= o.zstd_level <= 22:
             raise InputError(f"compress options: zstd_level {o.zstd_level} not in 1..22")
         if not 8 <= o.position_bits <= 24:

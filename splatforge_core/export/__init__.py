@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import write_json
 from ..log import get_logger
+from ..options import build_options
 from . import bake as _bake
 from . import files as _files
 from . import mesh as _mesh
@@ -116,17 +117,11 @@ class ExportOptions:
 
     @classmethod
     def from_dict(cls, d: dict | "ExportOptions" | None) -> "ExportOptions":
-        """Build from a plain dict (config section); unknown keys raise ``ValueError``."""
-        if d is None:
-            opts = cls()
-        elif isinstance(d, cls):
-            opts = dataclasses.replace(d)
-        else:
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(d) - known)
-            if unknown:
-                raise ValueError(f"unknown export option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-            opts = cls(**d)
+        """Build from a plain dict (config section) or a copy of an instance, then :meth:`validate`.
+
+        Raises :class:`InputError` (a ``ValueError``) on unknown keys, ``ValueError`` on bad values.
+        """
+        opts = build_options(cls, dataclasses.replace(d) if isinstance(d, cls) else d, "export")
         opts.validate()
         return opts
 

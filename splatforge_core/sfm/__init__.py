@@ -14,44 +14,20 @@ Stages (one module each, hloc style, each a plain ``main(...)``):
   positions; ``aligned/`` model in ENU metres (Z up) and ``alignment.json`` with residuals.
 
 This file holds the helpers the stages share: reading ``views.json`` (schema in
-``docs/formats.md``) and building an options dataclass from a plain config dict.
+``docs/formats.md``). Options dataclasses are built from a plain config dict by
+:func:`splatforge_core.options.build_options`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import InputError
 from ..io import read_json
 
 SCHEMA_VERSION = 1
-T = TypeVar("T")
-
-
-def options_from(cls: type[T], options: dict | T | None, stage: str) -> T:
-    """Build the options dataclass ``cls`` from ``options`` (a plain dict, an instance, or None).
-
-    Raises:
-        InputError: an unknown key (the message lists the valid ones) or a value the
-            dataclass's ``__post_init__`` rejects.
-    """
-    if options is None:
-        return cls()
-    if isinstance(options, cls):
-        return options
-    if not isinstance(options, dict):
-        raise InputError(f"sfm {stage}: options must be a dict, got {type(options).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise InputError(f"sfm {stage}: unknown option(s) {unknown}; valid: {sorted(names)}")
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"sfm {stage}: bad options: {e}") from e
 
 
 def load_views(views_path: str | os.PathLike) -> dict[str, Any]:

@@ -40,7 +40,8 @@ import pycolmap
 from ..errors import InputError
 from ..io import atomic_path, read_json, write_json
 from ..log import get_logger
-from . import is_rig_frame, load_views, options_from
+from ..options import build_options
+from . import is_rig_frame, load_views
 
 log = get_logger("sfm.align")
 
@@ -254,7 +255,7 @@ def main(
             consistent transform.
     """
     t0 = time.perf_counter()
-    opts = options_from(AlignOptions, options, "align")
+    opts = build_options(AlignOptions, options, "sfm align")
     sparse_model_dir, aligned_dir = Path(sparse_model_dir), Path(aligned_dir)
     views = load_views(views_path)
     try:

@@ -29,7 +29,8 @@ import pycolmap
 from ..errors import InputError
 from ..io import atomic_path
 from ..log import get_logger
-from . import is_rig_frame, load_views, options_from
+from ..options import build_options
+from . import is_rig_frame, load_views
 
 log = get_logger("sfm.extract")
 
@@ -195,7 +196,7 @@ def main(
             missing or unreadable, or an image left without features.
     """
     t0 = time.perf_counter()
-    opts = options_from(ExtractOptions, options, "extract")
+    opts = build_options(ExtractOptions, options, "sfm extract")
     images_dir, features_path = Path(images_dir), Path(features_path)
     views = load_views(views_path)
     names = list(views["image_to_frame"])

@@ -31,7 +31,7 @@ import pycolmap
 from ..errors import InputError, SplatForgeError
 from ..io import atomic_path, write_json
 from ..log import get_logger
-from . import options_from
+from ..options import build_options
 
 log = get_logger("sfm.map")
 
@@ -176,7 +176,7 @@ def main(
             images could be built).
     """
     t0 = time.perf_counter()
-    opts = options_from(MapOptions, options, "map")
+    opts = build_options(MapOptions, options, "sfm map")
     database_path, images_dir, sparse_dir = Path(database_path), Path(images_dir), Path(sparse_dir)
     n_images, rig = check_database(database_path)
     sparse_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import pycolmap
 from ..errors import InputError
 from ..io import atomic_path
 from ..log import get_logger
-from . import options_from
+from ..options import build_options
 from .extract import DEVICES, _device, remove_stale_temporaries
 from .pairs import read_pairs
 
@@ -110,7 +110,7 @@ def main(
             that is missing, malformed, empty or names an image not in the database.
     """
     t0 = time.perf_counter()
-    opts = options_from(MatchOptions, options, "match")
+    opts = build_options(MatchOptions, options, "sfm match")
     features_path, pairs_path, database_path = Path(features_path), Path(pairs_path), Path(database_path)
     ids = check_features_db(features_path)
     if not pairs_path.is_file():

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import InputError
 from ..io import atomic_path, write_json
 from ..log import get_logger
-from . import load_views, options_from
+from ..options import build_options
+from . import load_views
 
 log = get_logger("sfm.pairs")
 
@@ -102,7 +103,7 @@ def main(views_path: str | os.PathLike, pairs_path: str | os.PathLike, options: 
         InputError: bad views.json or options, fewer than 2 frames.
     """
     t0 = time.perf_counter()
-    opts = options_from(PairsOptions, options, "pairs")
+    opts = build_options(PairsOptions, options, "sfm pairs")
     views = load_views(views_path)
     frames = views["frames"]
     if len(frames) < 2:

@@ -1,7 +1,7 @@
 """Benchmark the export stage: Poisson, trim, decimate, UV, texture bake, files, per step.
 
 Inputs:
-* the demo result ``results/demo.ply`` when it exists (the trainer writes it), otherwise the
+* the demo result (``--demo``, default ``results/scene.ply``) when it exists (the trainer writes it), otherwise the
   real trained splats in ``../shared/data/ply`` (see SOURCES.md);
 * a synthetic splat of ``--n`` (default 1,000,000) flat Gaussians on a 1 m sphere
   (:func:`splatforge_core.export.synthetic.sphere_splat`), default options
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--demo", default=str(REPO / "results" / "scene.ply"),
+                    help="the trained demo splat (default results/scene.ply from `make demo`)")
     ap.add_argument("--picture", help="also write the mesh-vs-splat comparison PNG of the first real input")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
@@ -87,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_export.") as tmp:
         tmp = Path(tmp)
         inputs = []
-        demo = REPO / "results" / "demo.ply"
+        demo = Path(a.demo)
         if demo.is_file():
             inputs.append(("demo", demo, {}))
         elif not a.skip_real:
@@ -111,10 +113,10 @@ def main() -> None:
             f"1 Poisson thread, k=8 Gaussians per texel), all of glb/obj/fbx written and read back. "
             f"Each run pinned to {a.cores} of {ncpu} cores (sched_setaffinity) on {platform.machine()} "
             f"{platform.processor() or ''}, Python {platform.python_version()}; measured "
-            f"{time.strftime('%Y-%m-%d')} on a machine SHARED with 7 other jobs (load average "
-            f"{os.getloadavg()[0]:.1f}), so times are pessimistic and noisy. "
+            f"{time.strftime('%Y-%m-%d')} (load average at the end {os.getloadavg()[0]:.1f}: above ~1 means "
+            "other jobs shared the machine and times are pessimistic). "
             "Target: 1M Gaussians in <= 300 s total on 2 cores."
-            + ("" if demo.is_file() else " results/demo.ply did not exist when this ran (the trainer "
+            + ("" if demo.is_file() else f" {demo} did not exist when this ran (the trainer "
                "had not produced it), so the real trained splats from ../shared/data/ply stand in."))
     md = "# Export stage benchmark\n\n" + table(rows, note)
     outp = REPO / "benchmarks" / "results" / "export.md"

@@ -98,19 +98,33 @@ def save_comparison_png(path: str | os.PathLike, pairs: List[Tuple[str, np.ndarr
 
 def save_curve_png(path: str | os.PathLike, steps: List[int], losses: List[float],
                    train_psnr: List[float], eval_steps: List[int], eval_psnr: List[float]) -> None:
-    """Write the training curve: loss (left axis, log) and PSNR (train, held-out) per step."""
+    """Write the training curve: loss (left axis, log) and PSNR (train, held-out) per step.
+
+    ``losses``/``train_psnr`` are single-view samples (one every ``log_every`` steps) whose
+    spread between views (sky vs ground) hides the trend, so they are drawn faint with a
+    centred moving mean over 15 samples drawn on top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(steps, losses, color="tab:red", lw=0.8, label="loss (L1+SSIM)")
+    def smooth(y):
+        y = np.asarray(y, float)
+        w = min(15, len(y))
+        if w < 3:
+            return y
+        k = np.ones(w) / w
+        return np.convolve(y, k, "same") / np.convolve(np.ones_like(y), k, "same")
+
+    ax.plot(steps, losses, color="tab:red", lw=0.6, alpha=0.3)
+    ax.plot(steps, smooth(losses), color="tab:red", lw=1.5, label="loss (L1+SSIM), moving mean")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax2 = ax.twinx()
-    ax2.plot(steps, train_psnr, color="tab:blue", lw=0.8, alpha=0.7, label="train PSNR")
+    ax2.plot(steps, train_psnr, color="tab:blue", lw=0.6, alpha=0.3)
+    ax2.plot(steps, smooth(train_psnr), color="tab:blue", lw=1.5, label="train PSNR, moving mean")
     if eval_steps:
         ax2.plot(eval_steps, eval_psnr, "o-", color="tab:green", label="held-out PSNR")
     ax2.set_ylabel("PSNR (dB)")

@@ -15,7 +15,8 @@ parameterisation and defaults of gsplat 1.5.3 ``examples/simple_trainer.py``):
 * Densification / pruning: gsplat's ``DefaultStrategy`` (CPU or CUDA) or ``MCMCStrategy``
   (CUDA only: its relocation uses a CUDA kernel). Its schedule (refine start/stop, opacity
   reset, refine interval) is scaled with ``iterations / 30000`` like simple_trainer's
-  ``steps_scaler`` unless given explicitly.
+  ``steps_scaler``, with floors for short CPU runs (:func:`refine_schedule`), unless given
+  explicitly. A Gaussian cap is enforced by budgeted growth (highest gradients first).
 * Held-out evaluation: Mip-NeRF 360 protocol (every 8th frame; a panorama is held out
   whole), PSNR/SSIM at ``eval_steps`` and at the end.
 
@@ -54,7 +55,7 @@ from .ply import write_splat_ply
 _LOG = get_logger("train")
 SH_C0 = 0.28209479177387814  # Y_0^0, as in gsplat/3DGS RGB2SH
 
-__all__ = ["TrainOptions", "main", "cli", "init_gaussians"]
+__all__ = ["TrainOptions", "main", "cli", "init_gaussians", "refine_schedule"]
 
 
 @dataclass
@@ -62,7 +63,12 @@ class TrainOptions:
     """Training options (config section ``train``); defaults documented per field.
 
     iterations: total steps; None -> 30000 on CUDA, ``cpu_iterations`` on CPU.
-    cpu_iterations: default step count on CPU (2000, sized for the demo in 15 min on 2 cores).
+    cpu_iterations: default step count on CPU (3000). Measured on the demo (144 training views
+        of 320x320, 2 threads, shared machine at load ~2, ``benchmarks/results/train.md``):
+        0.17-0.21 s/step at 14k-100k Gaussians, so 3000 steps and 3 held-out evaluations take
+        ~11 min wall; held-out PSNR 21.4 dB at 1000 steps (3 min), 21.6 at 2000 (6.4 min),
+        see the table for 3000. At load ~4-5 steps take 2-3x longer. (The old default, 2000
+        steps with cap 100k, collapsed to 13 dB, see ``max_gaussians``.)
     max_side: longer image side in pixels on CUDA (None = full resolution).
     cpu_max_side: longer image side in pixels on CPU (320); images are downscaled with
         INTER_AREA and K scaled accordingly (never upscaled).
@@ -79,12 +85,21 @@ class TrainOptions:
         DefaultStrategy's "too big in 3D" pruning (they are far away, so large by design).
     strategy: "default" (gsplat DefaultStrategy) or "mcmc" (gsplat MCMCStrategy, CUDA only).
     refine_start, refine_stop, reset_every, refine_every: DefaultStrategy schedule in steps;
-        None -> gsplat defaults 500 / 15000 / 3000 / 100 scaled by iterations / 30000
-        (refine_every at least 25, refine_start at least 50).
+        None -> :func:`refine_schedule`: gsplat defaults 500 / 15000 / 3000 / 100 scaled by
+        iterations / 30000, with short-run floors refine_every >= 100, refine_start >=
+        refine_every, reset_every >= 5 x refine_every, refine_stop = 75 % of runs under 5000
+        steps (3000 CPU steps: 100 / 2250 / 500 / 100). Measured reason: the old linear scaling
+        (2000 steps: 50 / 1000 / 200 / 25) grew the demo from 14k to 91k Gaussians in 100 steps.
     prune_opa (0.005), grow_grad2d (0.0002), absgrad (False), antialiased (False).
     mcmc_cap_max: Gaussian budget for MCMC (1,000,000).
-    max_gaussians: hard cap on the Gaussian count (lowest opacities dropped after each
-        refinement); None -> no cap on CUDA, ``cpu_max_gaussians`` (100,000) on CPU.
+    max_gaussians: cap on the Gaussian count, enforced by budgeted growth (at the cap only
+        the highest-gradient candidates are duplicated/split, nothing is deleted to make room);
+        None -> no cap on CUDA, ``cpu_max_gaussians`` (100,000) on CPU: the demo reached the
+        cap at ~1000 steps; at 1000 steps a 100k cap gave 21.36 dB vs 21.15 dB at 1100 steps
+        with a 60k cap. (The old enforcement,
+        deleting the least opaque Gaussians after each refinement, selected for opacity:
+        on the demo mean opacity went 0.39 -> 1.00 in 200 steps, the sky sphere and fresh
+        splits were deleted, and held-out PSNR fell from 18.4 to 13.1 dB.)
     oom_tiers: CUDA out-of-memory fallbacks, tried in order: ``[prune_opa, max_gaussians]``
         each; training restarts from the last checkpoint with that culling.
     eval_every_n: hold out every n-th frame (8; 0 = no hold-out).
@@ -102,7 +117,7 @@ class TrainOptions:
     """
 
     iterations: Optional[int] = None
-    cpu_iterations: int = 2000
+    cpu_iterations: int = 3000
     max_side: Optional[int] = None
     cpu_max_side: int = 320
     sh_degree: int = 3
@@ -297,14 +312,40 @@ def sky_sphere(scene: SceneData, n: int, radius_factor: float, max_views: int = 
     return pts.astype(np.float32), col.astype(np.float32), c.astype(np.float32), radius
 
 
-def _sky_aware_default_strategy(sky_centre, sky_min_radius, **kw):
-    """gsplat DefaultStrategy whose 'too big' pruning skips Gaussians beyond ``sky_min_radius``
-    (metres) of ``sky_centre``: the sky sphere's Gaussians are large by design. Otherwise
-    identical (low-opacity pruning, growth, resets are gsplat's own code)."""
+def _sky_aware_default_strategy(sky_centre, sky_min_radius, cap_fn=None, **kw):
+    """gsplat DefaultStrategy with two changes, otherwise gsplat 1.5.3's own code
+    (low-opacity pruning, duplicate/split, opacity resets):
+
+    * 'too big' pruning skips Gaussians beyond ``sky_min_radius`` (metres) of ``sky_centre``:
+      the sky sphere's Gaussians are large by design.
+    * budgeted growth: ``cap_fn()`` (a Gaussian count or None) caps the count *during*
+      growth: when more Gaussians pass ``grow_grad2d`` than the cap leaves room for (each
+      duplicate or split adds one), only those with the highest mean 2D gradient grow. (The
+      earlier approach, growing freely and then deleting the least opaque Gaussians down to
+      the cap, deleted fresh split children and whole regions on the demo scene.)
+    """
     from gsplat.strategy import DefaultStrategy
     from gsplat.strategy.ops import remove
 
     class SkyAwareDefaultStrategy(DefaultStrategy):
+        @torch.no_grad()
+        def _grow_gs(self, params, optimizers, state, step):
+            cap = cap_fn() if cap_fn is not None else None
+            if cap is not None:
+                grads = state["grad2d"] / state["count"].clamp_min(1)
+                cand = grads > self.grow_grad2d
+                budget = max(0, cap - len(params["means"]))
+                n_cand = int(cand.sum())
+                if n_cand > budget:
+                    # drop all but the `budget` highest-gradient candidates (their statistics
+                    # are zeroed right after refinement anyway, see DefaultStrategy)
+                    keep = torch.zeros_like(cand)
+                    if budget:
+                        idx = torch.nonzero(cand).flatten()
+                        keep[idx[torch.topk(grads[idx], budget).indices]] = True
+                    state["grad2d"][cand & ~keep] = 0.0
+            return super()._grow_gs(params, optimizers, state, step)
+
         @torch.no_grad()
         def _prune_gs(self, params, optimizers, state, step):  # gsplat 1.5.3 _prune_gs + sky exemption
             is_prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
@@ -324,6 +365,34 @@ def _sky_aware_default_strategy(sky_centre, sky_min_radius, **kw):
     return SkyAwareDefaultStrategy(**kw)
 
 
+def refine_schedule(iterations: int, refine_start: Optional[int] = None, refine_stop: Optional[int] = None,
+                    reset_every: Optional[int] = None, refine_every: Optional[int] = None):
+    """DefaultStrategy schedule ``(refine_start, refine_stop, reset_every, refine_every)`` in steps.
+
+    Explicit values are kept; None -> gsplat's 30k-step defaults (500 / 15000 / 3000 / 100)
+    scaled by ``iterations / 30000`` (simple_trainer's ``steps_scaler``) with floors for short
+    (CPU) runs, measured on the demo scene (``benchmarks/results/train.md``):
+
+    * ``refine_every`` >= 100: the mean 2D gradient that decides growth is averaged over the
+      views seen since the last refinement; over 25 steps (the old linear scaling for 2000
+      steps) most Gaussians are seen once or twice, and the demo grew 14k -> 91k Gaussians in
+      100 steps by splitting almost everything every 25 steps.
+    * ``refine_start`` >= ``refine_every`` (statistics of at least one full interval).
+    * ``refine_stop`` = 75 % of the run below 5000 steps (gsplat: 50 %; a short run needs its
+      few refinements spread out).
+    * ``reset_every`` >= 5 x ``refine_every``: gsplat prunes "too big" Gaussians only after the
+      first reset interval, and an opacity reset every 200 steps would leave a short run no
+      time to recover. (gsplat 1.5.3's reset test ``step % reset_every == 0 & step > 0`` is
+      always False by operator precedence, so it never resets opacities at all.)
+    """
+    s = iterations / 30_000
+    every = refine_every or max(100, round(100 * s))
+    start = refine_start or max(every, round(500 * s))
+    stop = refine_stop or (max(round(0.75 * iterations), 1) if iterations < 5000 else round(15_000 * s))
+    reset = reset_every or max(5 * every, round(3000 * s))
+    return start, stop, reset, every
+
+
 def _rasterization():
     """The project's renderer (imported lazily; tests may monkeypatch this function)."""
     from ..render import rasterization
@@ -340,11 +409,8 @@ class Trainer:
         on_cpu = device.type != "cuda"
         self.iterations = int(opts.iterations or (opts.cpu_iterations if on_cpu else 30_000))
         self.max_gaussians = opts.max_gaussians or (opts.cpu_max_gaussians if on_cpu else None)
-        s = self.iterations / 30_000
-        self.refine_start = opts.refine_start or max(50, round(500 * s))
-        self.refine_stop = opts.refine_stop or max(1, round(15_000 * s))
-        self.reset_every = opts.reset_every or max(1, round(3000 * s))
-        self.refine_every = opts.refine_every or max(25, round(100 * s))
+        self.refine_start, self.refine_stop, self.reset_every, self.refine_every = refine_schedule(
+            self.iterations, opts.refine_start, opts.refine_stop, opts.reset_every, opts.refine_every)
         self.eval_steps = sorted({int(x) for x in (opts.eval_steps if opts.eval_steps is not None
                                                    else [self.iterations // 2]) if 0 < int(x) < self.iterations})
         self.render_fn = _rasterization()
@@ -353,6 +419,7 @@ class Trainer:
         self.evals: List[Dict[str, Any]] = []
         self.resumed_from: List[int] = []
         self.train_seconds = 0.0
+        self.nonfinite_grads = 0
         self.step = 0
         self.np_rng = np.random.default_rng(opts.seed)
         self.order: List[int] = []
@@ -374,7 +441,7 @@ class Trainer:
 
             return MCMCStrategy(cap_max=o.mcmc_cap_max, refine_start_iter=self.refine_start,
                                 refine_stop_iter=self.refine_stop, refine_every=self.refine_every)
-        return _sky_aware_default_strategy(self.sky_centre, self.sky_min_radius,
+        return _sky_aware_default_strategy(self.sky_centre, self.sky_min_radius, cap_fn=self._cap,
                                prune_opa=o.prune_opa, grow_grad2d=o.grow_grad2d,
                                refine_start_iter=self.refine_start, refine_stop_iter=self.refine_stop,
                                reset_every=self.reset_every, refine_every=self.refine_every,
@@ -436,7 +503,8 @@ class Trainer:
                     "numpy": self.np_rng.bit_generator.state, "python": random.getstate(),
                     "order": list(self.order)},
             "history": self.history, "evals": self.evals, "resumed_from": self.resumed_from,
-            "train_seconds": self.train_seconds, "signature": self._signature(),
+            "train_seconds": self.train_seconds, "nonfinite_grads": self.nonfinite_grads,
+            "signature": self._signature(),
             "options": asdict(self.opts),
         }
         return save_checkpoint(self.ckpt_dir, self.step, payload, keep=self.opts.keep_checkpoints)
@@ -465,6 +533,7 @@ class Trainer:
         self.evals = ck["evals"]
         self.resumed_from = list(ck.get("resumed_from", []))
         self.train_seconds = float(ck.get("train_seconds", 0.0))
+        self.nonfinite_grads = int(ck.get("nonfinite_grads", 0))
         self._apply_tier()
 
     # ---- culling (Gaussian cap, OOM tiers) ---------------------------------------------
@@ -502,6 +571,26 @@ class Trainer:
             # MCMC's state holds no per-Gaussian tensors (only a binomial table): pass none
             state = self.strategy_state if self.opts.strategy == "default" else {}
             remove(params=self.params, optimizers=self.optimizers, state=state, mask=mask)
+        return n
+
+    @torch.no_grad()
+    def _zero_nonfinite_grads(self) -> int:
+        """Zero the gradients of Gaussians with a non-finite gradient in any parameter; returns
+        how many. Adam turns one NaN gradient into NaN means/quats/scales for good (seen on
+        the demo on CPU: 2 of 48k Gaussians by step 800, which then made the PLY unwritable).
+        Summed over steps (Gaussian-steps) in ``metrics.json`` as ``nonfinite_grad_gaussians``."""
+        bad = None
+        for v in self.params.values():
+            if v.grad is not None:
+                b = ~torch.isfinite(v.grad.reshape(len(v), -1)).all(1)
+                bad = b if bad is None else bad | b
+        n = int(bad.sum()) if bad is not None else 0
+        if n:
+            for v in self.params.values():
+                if v.grad is not None:
+                    v.grad[bad] = 0.0
+            self.nonfinite_grads += n
+            _LOG.debug("step %d: zeroed non-finite gradients of %d Gaussians", self.step, n)
         return n
 
     # ---- rendering --------------------------------------------------------------------
@@ -586,6 +675,7 @@ class Trainer:
                     loss = loss + 0.01 * torch.sigmoid(self.params["opacities"]).mean() \
                         + 0.01 * torch.exp(self.params["scales"]).mean()
                 loss.backward()
+                self._zero_nonfinite_grads()
                 for opt in self.optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
@@ -749,6 +839,7 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         "eval_note": ("held-out: every %dth frame (Mip-NeRF 360 protocol; panoramas held out whole)"
                       % opts.eval_every_n) if scene.test else "no held-out views (too few frames or eval_every_n=0)",
         "train_seconds": tr.train_seconds,
+        "nonfinite_grad_gaussians": tr.nonfinite_grads,
         "sec_per_iter": tr.train_seconds / max(1, tr.step),
         "wall_seconds_this_run": time.perf_counter() - t0,
         "ply": str(ply_path),

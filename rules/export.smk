@@ -4,6 +4,7 @@
 rule export_mesh:
     input:
         splat="work/{scene}/splat/splat.ply",
+        aligned="work/{scene}/aligned",
     output:
         glb="results/{scene}_mesh.glb",
         obj="results/{scene}_mesh.obj",

@@ -216,3 +216,24 @@ def test_real_splat_export(shared_data, tmp_path):
                                                       "target_faces": 20000})
     assert rep["counts"]["faces"] <= 20000 and rep["counts"]["faces"] > 2000
     assert set(rep["verify"]) == {"glb", "obj", "fbx"}
+
+
+def test_crop_box_validation_and_effect(tmp_path):
+    """crop_box keeps only Gaussians inside (the workflow passes the SfM extent, so a far sky shell is not meshed)."""
+    import numpy as np
+    import pytest
+
+    from splatforge_core.export import ExportOptions, main
+    from splatforge_core.export.synthetic import sphere_splat, write_ply
+
+    with pytest.raises(ValueError, match="crop_box"):
+        ExportOptions.from_dict({"crop_box": [[0, 0, 0], [0, 1, 1]]})
+    ply = write_ply(tmp_path / "s.ply", sphere_splat(6000))
+    common = {"texture_size": 64, "target_faces": 4000, "formats": ["glb"]}
+    full = main(ply, tmp_path / "full", options=common)
+    half = main(ply, tmp_path / "half", options={**common, "crop_box": [[8, 18, 5.0], [12, 22, 7]]})
+    assert half["counts"]["gaussians_used"] < 0.7 * full["counts"]["gaussians_used"]
+    assert half["counts"]["poisson_faces"] < full["counts"]["poisson_faces"]
+    with pytest.raises(Exception):
+        main(ply, tmp_path / "none", options={**common, "crop_box": [[100, 100, 100], [101, 101, 101]]})
+    assert not list(tmp_path.glob("none*"))

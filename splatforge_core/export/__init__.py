@@ -65,6 +65,10 @@ class ExportOptions:
         normal_k: neighbours for PCA normal estimation.
         flat_ratio: a Gaussian counts as flat when smallest / middle scale <= this.
         min_opacity: Gaussians with sigmoid(opacity) below this are ignored (near-transparent).
+        crop_box: ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` in the splat's frame (ENU metres):
+            only Gaussians inside take part (None: all). The workflow passes the padded robust
+            extent of the SfM points, so the trainer's far background (the sky sphere) and
+            floaters do not become the mesh: without it the demo mesh was the sky dome.
         trim_quantile: drop Poisson vertices below this quantile of Poisson density. 0 by
             default: on a uniformly sampled synthetic sphere a 2 % quantile punched holes in
             a well-supported surface; the distance test below removes unsupported surface.
@@ -100,6 +104,7 @@ class ExportOptions:
     normal_k: int = 10
     flat_ratio: float = 0.5
     min_opacity: float = 0.1
+    crop_box: list | None = None
     trim_quantile: float = 0.0
     trim_distance: float | None = None
     trim_distance_factor: float = 4.0
@@ -138,6 +143,42 @@ class ExportOptions:
             raise ValueError("export options: texture_size >= 16, target_faces >= 4, 4 <= poisson_depth <= 14")
         if not (0 <= self.trim_quantile < 1) or not (0 <= self.min_opacity < 1):
             raise ValueError("export options: trim_quantile and min_opacity must be in [0, 1)")
+        if self.crop_box is not None:
+            box = np.asarray(self.crop_box, dtype=np.float64)
+            if box.shape != (2, 3) or not np.all(np.isfinite(box)) or np.any(box[0] >= box[1]):
+                raise ValueError(f"export option crop_box must be [[xmin,ymin,zmin],[xmax,ymax,zmax]] "
+                                 f"with min < max, got {self.crop_box!r}")
+
+
+def crop_box_from_model(model_dir: str | os.PathLike, percentile: float = 1.0,
+                        pad_fraction: float = 0.1) -> list[list[float]]:
+    """Robust extent of a COLMAP model's 3D points and camera centres, padded, for ``crop_box``.
+
+    Args:
+        model_dir: COLMAP model folder (e.g. ``work/{scene}/aligned``, ENU metres).
+        percentile: per-axis lower/upper percentile of the points (drops stray points).
+        pad_fraction: the box grows by this fraction of its size on every side.
+
+    Returns:
+        ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` in the model's frame (metres).
+
+    Raises:
+        InputError: the model has no 3D points.
+    """
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(model_dir))
+    pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    if len(pts) == 0:
+        raise InputError(f"{model_dir}: the model has no 3D points to bound the mesh with")
+    centres = np.array([im.projection_center() for im in rec.images.values() if im.has_pose],
+                       dtype=np.float64).reshape(-1, 3)
+    lo = np.percentile(pts, percentile, axis=0)
+    hi = np.percentile(pts, 100.0 - percentile, axis=0)
+    if len(centres):
+        lo, hi = np.minimum(lo, centres.min(0)), np.maximum(hi, centres.max(0))
+    pad = pad_fraction * np.maximum(hi - lo, 1e-3)
+    return [(lo - pad).tolist(), (hi + pad).tolist()]
 
 
 def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = None, *,
@@ -184,7 +225,11 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
     with timer("read"):
         splat = _mesh._read_splat_ply(splat_ply)
         n_in = len(splat)
-        splat = splat.subset(splat.opacities >= opts.min_opacity)
+        keep = splat.opacities >= opts.min_opacity
+        if opts.crop_box is not None:
+            box = np.asarray(opts.crop_box, dtype=np.float64)
+            keep &= np.all((splat.means >= box[0]) & (splat.means <= box[1]), axis=1)
+        splat = splat.subset(keep)
         _mesh.check_geometry(splat, opts.min_gaussians, opts.flatness_tol)
     with timer("normals"):
         normals, nstats = _mesh.gaussian_normals(splat, opts.normals, opts.flat_ratio, opts.normal_k)

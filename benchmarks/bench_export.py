@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--demo", default=str(REPO / "results" / "scene.ply"),
                     help="the trained demo splat (default results/scene.ply from `make demo`)")
+    ap.add_argument("--demo-aligned", default=str(REPO / "work" / "scene" / "aligned"),
+                    help="the demo's aligned COLMAP model: its extent is the crop_box, as in the workflow")
     ap.add_argument("--picture", help="also write the mesh-vs-splat comparison PNG of the first real input")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
@@ -91,7 +93,12 @@ def main() -> None:
         inputs = []
         demo = Path(a.demo)
         if demo.is_file():
-            inputs.append(("demo", demo, {}))
+            demo_opts = {}
+            if Path(a.demo_aligned).is_dir():
+                from splatforge_core.export import crop_box_from_model
+
+                demo_opts = {"crop_box": crop_box_from_model(a.demo_aligned)}
+            inputs.append(("demo", demo, demo_opts))
         elif not a.skip_real:
             for name in ("mipsplat_sh0_45624.ply", "inria3dgs_layout_zero_sh_14051.ply"):
                 if (SHARED / "ply" / name).is_file():

@@ -577,7 +577,8 @@ def _run_panoramas(tasks: list[tuple[str, str, str]], views: list[View], opts: P
     totals = dict.fromkeys(("decode_s", "maps_s", "remap_s", "encode_write_s",
                             "decode_cpu_s", "remap_cpu_s", "encode_write_cpu_s"), 0.0)
     t0 = time.perf_counter()
-    maps_by_size = {(w, h): sampling_maps(views, w, h) for w, h in sorted(sizes)}
+    for w, h in sorted(sizes):  # fill the sampling-map cache once, timed apart from the panoramas
+        sampling_maps(views, w, h)
     totals["maps_s"] = time.perf_counter() - t0
     bar = tqdm(total=len(tasks), desc="project", unit="pano", disable=None)
     old_threads = cv2.getNumThreads()

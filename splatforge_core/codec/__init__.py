@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError
 from ..io import write_json
 from ..log import get_logger

@@ -34,7 +34,7 @@ from ..io import atomic_path
 from ..log import get_logger
 from .container import read_container, write_container
 from .layout import PlyHeader, map_file, bits_hex, hex_to_bytes, parse_header, read_body
-from .lossless import EncodeResult, RoundTripError, _value_for_report, constant_columns, join_parts, parts_equal
+from .lossless import EncodeResult, RoundTripError, constant_columns, constants_report, join_parts, parts_equal
 
 log = get_logger("codec")
 
@@ -125,9 +125,7 @@ def encode_sfz(
                 f"{in_ply}: self-check failed: decoding the {PRESET} output did not reproduce the "
                 "source bit for bit; the output was deleted"
             )
-    dts = {c: verts.dtype.fields[c][0] for c in consts}
-    hexes = {k: bits_hex(np.frombuffer(v, dtype=dts[k])[0]) for k, v in consts.items()}
-    values = {k: {"hex": hexes[k], "value": _value_for_report(v, dts[k])} for k, v in consts.items()}
+    hexes, values = constants_report(verts, consts)
     log.info("%s: %d vertices, %d constant columns, %d -> %d bytes", in_ply, n, len(consts), data.size, size_out)
     return EncodeResult(n, hexes, values, int(data.size), int(size_out))
 

@@ -132,6 +132,18 @@ def _value_for_report(raw: bytes, dtype: np.dtype) -> float | int | str:
     return int(v)
 
 
+def constants_report(verts: np.ndarray, consts: dict[str, bytes]) -> tuple[dict[str, str], dict[str, dict]]:
+    """Hex bits and report values of the constant columns ``consts`` (name -> raw bytes).
+
+    Returns:
+        (name -> 8-digit IEEE-754 hex, name -> {"hex", "value"}) for the JSON report.
+    """
+    dts = {name: verts.dtype.fields[name][0] for name in consts}
+    hexes = {k: bits_hex(np.frombuffer(v, dtype=dts[k])[0]) for k, v in consts.items()}
+    values = {k: {"hex": hexes[k], "value": _value_for_report(v, dts[k])} for k, v in consts.items()}
+    return hexes, values
+
+
 @dataclasses.dataclass
 class EncodeResult:
     """What :func:`encode_ply` did (fields go into the JSON report)."""
@@ -363,8 +375,6 @@ def encode_ply(
                 f"{in_ply}: self-check failed: decoding the {PRESET} output did not reproduce the "
                 "source bit for bit; the output was deleted"
             )
-    dt_names = {name: verts.dtype.fields[name][0] for name in consts}
-    hexes = {k: bits_hex(np.frombuffer(v, dtype=dt_names[k])[0]) for k, v in consts.items()}
-    values = {k: {"hex": hexes[k], "value": _value_for_report(v, dt_names[k])} for k, v in consts.items()}
+    hexes, values = constants_report(verts, consts)
     log.info("%s: %d vertices, %d constant columns dropped (%s)", in_ply, n, len(consts), ", ".join(consts))
     return EncodeResult(n, hexes, values, int(data.size), int(size_out))

@@ -49,6 +49,17 @@ CODEC_VERSION = 1
 ROT_BITS = 10
 
 
+
+def _column_groups(sh_degree: int) -> dict[str, list[str]]:
+    """Inria PLY columns quantised together, for an SH degree (encoder and decoder share it)."""
+    n_rest = 3 * ((sh_degree + 1) ** 2 - 1)
+    return {
+        "pos": ["x", "y", "z"],
+        "scale": [f"scale_{i}" for i in range(3)],
+        "dc": [f"f_dc_{i}" for i in range(3)],
+        "rest": [f"f_rest_{i}" for i in range(n_rest)],
+    }
+
 def _uq(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     """Uniform quantiser: float [N, D] -> integers in [0, 2^bits - 1] (dtype u2/u4/u1)."""
     levels = (1 << bits) - 1
@@ -140,13 +151,7 @@ def quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, lis
     names = list(verts.dtype.names)
     deg = sh_degree(names)
     n = len(verts)
-    n_rest = 3 * ((deg + 1) ** 2 - 1)
-    g = {
-        "pos": ["x", "y", "z"],
-        "scale": [f"scale_{i}" for i in range(3)],
-        "dc": [f"f_dc_{i}" for i in range(3)],
-        "rest": [f"f_rest_{i}" for i in range(n_rest)],
-    }
+    g = _column_groups(deg)
     bits = {"pos": opts.position_bits, "scale": 8, "dc": 8, "rest": opts.sh_bits, "opacity": 8,
             "rot": opts.rotation_bits}
     handled = set(sum(g.values(), [])) | {"opacity", "rot_0", "rot_1", "rot_2", "rot_3"}
@@ -215,13 +220,7 @@ def dequantise(meta: dict, blocks: list[bytes], path: str = "") -> tuple[PlyHead
     if n:
         arr["pos"] = np.cumsum(arr["pos"], axis=0, dtype=arr["pos"].dtype)  # undo the delta coding
     deg = int(meta["sh_degree"])
-    n_rest = 3 * ((deg + 1) ** 2 - 1)
-    groups = {
-        "pos": ["x", "y", "z"],
-        "scale": [f"scale_{i}" for i in range(3)],
-        "dc": [f"f_dc_{i}" for i in range(3)],
-        "rest": [f"f_rest_{i}" for i in range(n_rest)],
-    }
+    groups = _column_groups(deg)
     for k, cols in groups.items():
         lo, hi = (np.asarray(r, np.float64) for r in meta["ranges"][k])
         x = _udq(arr[k], lo, hi, meta["bits"][k])

@@ -171,7 +171,7 @@ def _bad_cases(tmp: Path):
         "planar": (write_ply(tmp / "planar.ply", planar), "plane"),
         "few": (write_ply(tmp / "few.ply", few), "only 10"),
         "empty": (write_ply(tmp / "empty.ply", empty), "empty"),
-        "no_opacity": (write_ply(tmp / "noop.ply", noop), "missing required splat column.*opacity"),
+        "no_opacity": (write_ply(tmp / "noop.ply", noop), "missing properties.*opacity"),
         "nan": (write_ply(tmp / "nan.ply", nan), "column x has 1 NaN/Inf"),
         "inf": (write_ply(tmp / "inf.ply", inf), "column scale_1 has 1 NaN/Inf"),
         "transparent": (write_ply(tmp / "transparent.ply", transparent), "only 0 usable"),

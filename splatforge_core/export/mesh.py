@@ -21,9 +21,6 @@ _LOG = get_logger("export.mesh")
 #: (Inria 3DGS ``utils/sh_utils.py`` ``SH2RGB``).
 SH_C0 = 0.28209479177387814
 
-_REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
-             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-
 
 @dataclass
 class Splat:
@@ -53,69 +50,30 @@ class Splat:
 
 
 def _read_splat_ply(path: str | Path) -> Splat:
-    """Read an Inria-3DGS splat PLY (x y z [nx ny nz] f_dc_0..2 [f_rest_*] opacity scale_0..2 rot_0..3).
+    """Read an Inria-3DGS splat PLY into a :class:`Splat` (float64, activated values).
 
-    Private reader until ``splatforge_core.train.ply.read_splat_ply`` lands (to be deduped).
-    f_rest is channel-major in the file (all R coefficients, then G, then B), as written by
-    Inria's ``GaussianModel.save_ply``.
-
-    Raises:
-        InputError: file missing or not a PLY, no ``vertex`` element, no vertices, missing
-            required columns, NaN/Inf values, zero-length quaternions. The message names the file.
+    Parsing and validation are :func:`splatforge_core.train.ply.read_splat_ply`'s (missing file,
+    not a PLY, missing columns, empty, NaN/Inf: InputError naming the file); here the
+    quaternions are normalised (InputError for zero-length ones), scales exponentiated and
+    opacities passed through the sigmoid.
     """
-    from plyfile import PlyData
+    from ..train.ply import read_splat_ply
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: splat PLY not found")
-    try:
-        ply = PlyData.read(str(path))
-    except Exception as e:  # plyfile raises several types for malformed input
-        raise InputError(f"{path}: not a readable PLY file ({e})") from e
-    if "vertex" not in [el.name for el in ply.elements]:
-        raise InputError(f"{path}: PLY has no 'vertex' element, not a Gaussian splat")
-    v = ply["vertex"].data
-    names = set(v.dtype.names or ())
-    missing = [c for c in _REQUIRED if c not in names]
-    if missing:
-        raise InputError(f"{path}: PLY is missing required splat column(s) {', '.join(missing)}"
-                         " (expected the Inria 3DGS layout)")
-    n = len(v)
-    if n == 0:
-        raise InputError(f"{path}: splat is empty (0 Gaussians)")
-    n_rest = sum(1 for c in names if c.startswith("f_rest_"))
-    k = n_rest // 3 + 1
-    degree = int(round(np.sqrt(k))) - 1
-    if n_rest % 3 or (degree + 1) ** 2 != k:
-        raise InputError(f"{path}: {n_rest} f_rest columns is not a valid SH layout (3 * ((d+1)^2 - 1))")
-    cols = _REQUIRED + [f"f_rest_{i}" for i in range(n_rest)]
-    for c in cols:
-        if c not in names:
-            raise InputError(f"{path}: missing column {c}")
-        bad = ~np.isfinite(np.asarray(v[c], dtype=np.float64))
-        if bad.any():
-            raise InputError(f"{path}: column {c} has {int(bad.sum())} NaN/Inf value(s) of {n}")
-
-    def col(*cs: str) -> np.ndarray:
-        return np.stack([np.asarray(v[c], dtype=np.float64) for c in cs], axis=1)
-
-    means = col("x", "y", "z")
-    quats = col("rot_0", "rot_1", "rot_2", "rot_3")
+    d = read_splat_ply(path)
+    n = len(d["means"])
+    quats = d["quats"].astype(np.float64)
     qn = np.linalg.norm(quats, axis=1, keepdims=True)
     if (qn[:, 0] < 1e-12).any():
         raise InputError(f"{path}: {int((qn[:, 0] < 1e-12).sum())} Gaussian(s) have a zero rotation quaternion")
     quats = quats / qn
-    log_scales = col("scale_0", "scale_1", "scale_2")
-    scales = np.exp(np.clip(log_scales, -30.0, 30.0))
-    opac = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(v["opacity"], dtype=np.float64), -60, 60)))
-    dc = col("f_dc_0", "f_dc_1", "f_dc_2")
-    sh = np.zeros((n, k, 3), dtype=np.float32)
-    sh[:, 0, :] = dc
-    if n_rest:
-        rest = col(*[f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, k - 1)
-        sh[:, 1:, :] = rest.transpose(0, 2, 1)
+    scales = np.exp(np.clip(d["scales"].astype(np.float64), -30.0, 30.0))
+    opac = 1.0 / (1.0 + np.exp(-np.clip(d["opacities"].astype(np.float64), -60, 60)))
+    dc = d["sh0"].astype(np.float64)
+    sh = np.concatenate([d["sh0"][:, None, :], d["shN"]], axis=1).astype(np.float32)
+    assert sh.shape == (n, (d["sh_degree"] + 1) ** 2, 3)
     colors = np.clip(0.5 + SH_C0 * dc, 0.0, 1.0)
-    return Splat(means, quats, scales, opac, colors, sh, path)
+    return Splat(d["means"].astype(np.float64), quats, scales, opac, colors, sh, path)
 
 
 def quat_to_rotmat(q: np.ndarray) -> np.ndarray:

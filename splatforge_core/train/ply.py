@@ -100,44 +100,61 @@ def write_splat_ply(path: str | os.PathLike, means, scales, quats, opacities, sh
 
 
 def read_splat_ply(path: str | os.PathLike) -> Dict[str, np.ndarray]:
-    """Read an Inria-layout splat PLY.
+    """Read and validate an Inria-layout splat PLY (the one reader of splat PLYs in the project).
+
+    Layout: ``x y z [nx ny nz] f_dc_0..2 [f_rest_0..] opacity scale_0..2 rot_0..3``; f_rest is
+    channel-major in the file (all R coefficients, then G, then B), as written by Inria's
+    ``GaussianModel.save_ply`` (graphdeco-inria/gaussian-splatting, scene/gaussian_model.py).
 
     Returns:
         dict of float32 numpy arrays: ``means`` [N, 3], ``scales`` [N, 3] (log),
-        ``quats`` [N, 4] (wxyz), ``opacities`` [N] (logit), ``sh0`` [N, 3],
-        ``shN`` [N, K-1, 3] (channel last, like gsplat) and ``sh_degree`` (int, numpy
-        scalar in the dict as a Python int).
+        ``quats`` [N, 4] (wxyz, as stored: not normalised), ``opacities`` [N] (logit),
+        ``sh0`` [N, 3], ``shN`` [N, K-1, 3] (channel last, like gsplat) and ``sh_degree``
+        (Python int).
 
     Raises:
-        InputError: the file is missing, not a PLY, or lacks a splat property.
+        InputError (naming the file): the file is missing or not a PLY, has no ``vertex``
+            element or no vertices, lacks a splat property, has an f_rest count that is no SH
+            layout, or holds NaN/Inf values (the column and count are named).
     """
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: splat PLY not found")
     try:
         ply = PlyData.read(str(path))
-        v = ply["vertex"].data
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
     except Exception as e:  # plyfile raises several types for malformed input
-        raise InputError(f"{path}: not a readable PLY with a 'vertex' element ({e})") from e
+        raise InputError(f"{path}: not a readable PLY file ({e})") from e
+    if "vertex" not in [el.name for el in ply.elements]:
+        raise InputError(f"{path}: PLY has no 'vertex' element, not a Gaussian splat")
+    v = ply["vertex"].data
     names = set(v.dtype.names or ())
     required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                 "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     missing = [p for p in required if p not in names]
     if missing:
-        raise InputError(f"{path}: not a Gaussian-splat PLY, missing properties {missing}")
+        raise InputError(f"{path}: not a Gaussian-splat PLY (Inria 3DGS layout), missing properties {missing}")
+    n = len(v)
+    if n == 0:
+        raise InputError(f"{path}: splat is empty (0 Gaussians)")
     n_rest = sum(1 for p in names if p.startswith("f_rest_"))
-    if n_rest % 3:
-        raise InputError(f"{path}: {n_rest} f_rest properties is not a multiple of 3")
+    rest_names = [f"f_rest_{i}" for i in range(n_rest)]
+    gaps = [p for p in rest_names if p not in names]
+    if n_rest % 3 or gaps:
+        raise InputError(f"{path}: {n_rest} f_rest properties is not an SH layout (3 * ((d+1)^2 - 1) "
+                         f"numbered from 0){'; missing ' + str(gaps[:3]) if gaps else ''}")
     try:
         degree = sh_degree_from_rest(n_rest // 3)
     except ValueError as e:
         raise InputError(f"{path}: {e}") from None
+    for c in required + rest_names:
+        bad = ~np.isfinite(np.asarray(v[c], dtype=np.float64))
+        if bad.any():
+            raise InputError(f"{path}: column {c} has {int(bad.sum())} NaN/Inf value(s) of {n}")
 
     def stack(keys):
         return np.stack([np.asarray(v[k], np.float32) for k in keys], axis=1)
 
-    n = len(v)
-    rest = stack([f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((n, 0), np.float32)
+    rest = stack(rest_names) if n_rest else np.zeros((n, 0), np.float32)
     return {
         "means": stack(["x", "y", "z"]),
         "scales": stack(["scale_0", "scale_1", "scale_2"]),

@@ -73,7 +73,10 @@ class ExportOptions:
             default: on a uniformly sampled synthetic sphere a 2 % quantile punched holes in
             a well-supported surface; the distance test below removes unsupported surface.
         trim_distance: drop surface farther than this from any Gaussian centre (metres);
-            None = ``trim_distance_factor`` x median 4-nearest-neighbour spacing of centres.
+            None = the larger of ``trim_distance_factor`` x median 4-nearest-neighbour spacing
+            of centres and 2 Poisson octree cells (:func:`mesh.poisson_voxel_size`): on lund
+            (a 270 m street, 0.58 m cells at depth 9) the spacing rule alone (0.29 m) trimmed
+            98 % of a well-supported surface, 807 faces left.
         trim_distance_factor: see ``trim_distance``.
         min_component_frac: remove connected pieces smaller than this fraction of faces.
         bake_k: nearest Gaussians composited per texel.
@@ -239,7 +242,9 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
     n_poisson = len(f)
     with timer("trim"):
         spacing = _mesh.median_spacing(splat.means)
-        tdist = opts.trim_distance if opts.trim_distance is not None else opts.trim_distance_factor * spacing
+        voxel = _mesh.poisson_voxel_size(splat.means, opts.poisson_depth)
+        tdist = (opts.trim_distance if opts.trim_distance is not None
+                 else max(opts.trim_distance_factor * spacing, 2.0 * voxel))
         v, f, tstats = _mesh.trim(v, f, dens, splat.means, opts.trim_quantile, tdist, opts.min_component_frac)
     if len(f) == 0:
         raise InputError(f"{splat.path}: no surface left after trimming the Poisson mesh "
@@ -319,6 +324,7 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
             "texture_coverage": round(coverage, 4),
         },
         "trim_distance_m": tdist,
+        "poisson_voxel_m": voxel,
         "normals": {"mode": opts.normals, **nstats},
         "timings_s": timer.steps,
         "verify": verify,

@@ -189,6 +189,19 @@ def poisson(points: np.ndarray, normals: np.ndarray, depth: int, threads: int,
     return v, f, q
 
 
+def poisson_voxel_size(points: np.ndarray, depth: int, scale: float = 1.1) -> float:
+    """Edge length (metres) of the finest octree cell of screened Poisson at ``depth``.
+
+    The octree spans the points' bounding cube enlarged by ``scale`` (MeshLab's default 1.1,
+    Kazhdan & Hoppe 2013 ``--scale``) and is split ``depth`` times: ``scale * max extent /
+    2**depth``. points: [N, 3] float (metres). The surface is not located more precisely than
+    about one such cell, which bounds how tight a distance-based trim may be.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    extent = float(np.max(pts.max(0) - pts.min(0))) if len(pts) else 0.0
+    return scale * extent / 2 ** depth
+
+
 def trim(vertices: np.ndarray, faces: np.ndarray, density: np.ndarray, centres: np.ndarray,
          trim_quantile: float, trim_distance: float, min_component_frac: float):
     """Remove Poisson surface that no Gaussian supports.

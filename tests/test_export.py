@@ -237,3 +237,21 @@ def test_crop_box_validation_and_effect(tmp_path):
     with pytest.raises(Exception):
         main(ply, tmp_path / "none", options={**common, "crop_box": [[100, 100, 100], [101, 101, 101]]})
     assert not list(tmp_path.glob("none*"))
+
+
+def test_trim_keeps_surface_between_clustered_gaussians(tmp_path):
+    """Clustered Gaussians (lund: dense clumps on a 270 m street) must not make the trim
+    distance smaller than the Poisson octree cell: the surface between clumps would go."""
+    cols = sphere_splat(3000, radius=50.0, centre=CENTRE, sh_degree=0)
+    rng = np.random.default_rng(1)
+    clumped = {k: np.repeat(np.asarray(v), 10, axis=0) for k, v in cols.items()}
+    for c in ("x", "y", "z"):  # 10 Gaussians within ~1 cm per clump: median 4-NN spacing ~1 cm
+        clumped[c] = clumped[c] + rng.normal(0, 0.005, len(clumped[c])).astype(clumped[c].dtype)
+    ply = write_ply(tmp_path / "clumps.ply", clumped)
+    rep = main(ply, tmp_path / "out" / "m", report_path=tmp_path / "out" / "r.json", options=FAST)
+    voxel = M.poisson_voxel_size(np.stack([clumped[c] for c in "xyz"], 1), FAST["poisson_depth"])
+    assert rep["poisson_voxel_m"] == pytest.approx(voxel)
+    assert rep["trim_distance_m"] >= 2 * voxel
+    c = rep["counts"]
+    # (the spacing rule alone, 4 x 1 cm, trimmed everything: "no surface left after trimming")
+    assert c["faces_after_trim"] > 0.4 * c["poisson_faces"], c

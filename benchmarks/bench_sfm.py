@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_OPTS = {"n_panoramas": 10, "width": 2048}  # the demo defaults
+DEMO_OPTS = {"n_panoramas": 12, "width": 2048, "spacing_m": 1.5}  # the demo defaults
 # 12 views of 512 px per panorama (6 azimuths x elevations 0, +45): the same view count and
 # size as pycolmap.panorama's PERSPECTIVE_OVERLAPPING rendering of a 2048 px panorama.
 PROJECT_OPTS = {"size": 512, "min_elevation_deg": -30.0}

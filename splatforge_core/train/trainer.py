@@ -25,7 +25,7 @@ Outputs in ``out_dir``: ``checkpoints/ckpt_*.pt``, ``metrics.json``, ``renders.p
 (hard link to / copy of ``ply_path``); and ``ply_path`` (Inria layout, see ``ply.py``).
 
 CPU defaults: images downscaled to ``cpu_max_side`` pixels on the longer side and
-``cpu_iterations`` steps (sized to fit the demo in ~15 minutes on 2 cores; see
+``cpu_iterations`` steps (sized to fit the whole demo workflow in 10 minutes on 2 cores; see
 ``benchmarks/results/train.md``). CUDA defaults: full resolution, 30000 steps.
 """
 
@@ -63,12 +63,13 @@ class TrainOptions:
     """Training options (config section ``train``); defaults documented per field.
 
     iterations: total steps; None -> 30000 on CUDA, ``cpu_iterations`` on CPU.
-    cpu_iterations: default step count on CPU (3000). Measured on the demo (144 training views
-        of 320x320, 2 threads, shared machine at load ~2, ``benchmarks/results/train.md``):
-        0.17-0.21 s/step at 14k-100k Gaussians, so 3000 steps and 3 held-out evaluations take
-        ~11 min wall; held-out PSNR 21.4 dB at 1000 steps (3 min), 21.6 at 2000 (6.4 min),
-        see the table for 3000. At load ~4-5 steps take 2-3x longer. (The old default, 2000
-        steps with cap 100k, collapsed to 13 dB, see ``max_gaussians``.)
+    cpu_iterations: default step count on CPU (1500). Measured on the demo (12 panoramas 1.5 m
+        apart, 180 training views of 320x320, 2 threads, ``benchmarks/results/train.md``):
+        held-out PSNR 24.98 dB at 1000 steps and 25.70 dB at 1500 steps (about 5.5 min of
+        training on a quiet machine, 0.13-0.26 s/step from 17k to 100k Gaussians), which keeps
+        the whole demo workflow under 10 minutes on 2 cores (``benchmarks/results/e2e.md``).
+        (On the old demo, 10 panoramas 3 m apart, 3000 steps gave only 22.0 dB: held-out
+        panoramas saw ground no training panorama saw closely; more steps did not help.)
     max_side: longer image side in pixels on CUDA (None = full resolution).
     cpu_max_side: longer image side in pixels on CPU (320); images are downscaled with
         INTER_AREA and K scaled accordingly (never upscaled).
@@ -88,7 +89,7 @@ class TrainOptions:
         None -> :func:`refine_schedule`: gsplat defaults 500 / 15000 / 3000 / 100 scaled by
         iterations / 30000, with short-run floors refine_every >= 100, refine_start >=
         refine_every, reset_every >= 5 x refine_every, refine_stop = 75 % of runs under 5000
-        steps (3000 CPU steps: 100 / 2250 / 500 / 100). Measured reason: the old linear scaling
+        steps (1500 CPU steps: 100 / 1125 / 500 / 100). Measured reason: the old linear scaling
         (2000 steps: 50 / 1000 / 200 / 25) grew the demo from 14k to 91k Gaussians in 100 steps.
     prune_opa (0.005), grow_grad2d (0.0002), absgrad (False), antialiased (False).
     mcmc_cap_max: Gaussian budget for MCMC (1,000,000).
@@ -117,7 +118,7 @@ class TrainOptions:
     """
 
     iterations: Optional[int] = None
-    cpu_iterations: int = 3000
+    cpu_iterations: int = 1500
     max_side: Optional[int] = None
     cpu_max_side: int = 320
     sh_degree: int = 3

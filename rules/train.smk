@@ -1,5 +1,5 @@
 # Train a 3D Gaussian splat on the geo-aligned model (gsplat on CUDA, torch tile compositor
-# on CPU). Checkpoints live in work/{scene}/splat/ckpt/ (not declared outputs, so Snakemake keeps
+# on CPU). Checkpoints live in work/{scene}/splat/checkpoints/ (not declared outputs, so Snakemake keeps
 # them when a killed job is rerun and training resumes from the last one).
 
 

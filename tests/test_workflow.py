@@ -14,11 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "workflow" / "tiny.yaml"
 
 
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--cores", "2", *args]
+
+
+SNAKEMAKE_ENV = dict(os.environ, GLOG_minloglevel="2")
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", *args]
-    env = dict(os.environ, GLOG_minloglevel="2")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=timeout,
+                          env=SNAKEMAKE_ENV)
+
+
+def _file_mtimes(root: Path, rels: list[str]) -> dict[str, int]:
+    """mtime (ns) of every file at or under ``root/rel`` for each rel (folders walked)."""
+    out = {}
+    for rel in rels:
+        p = root / rel
+        assert p.exists(), f"{rel} missing"
+        for f in ([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())):
+            out[str(f.relative_to(root))] = f.stat().st_mtime_ns
+    return out
 
 
 def test_dry_run_has_every_stage(tmp_path):
@@ -87,11 +104,8 @@ def test_killed_during_sfm_then_rerun_finishes(tmp_path):
     import time
 
     target = "work/scene/alignment.json"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--cores", "2", f"--configfile={TINY}", target]
-    env = dict(os.environ, GLOG_minloglevel="2")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(snakemake_cmd(tmp_path, f"--configfile={TINY}", target), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=SNAKEMAKE_ENV, start_new_session=True)
     log = tmp_path / "work/scene/logs/sfm_extract.log"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and "start" in log.read_text()):
@@ -109,27 +123,99 @@ def test_killed_during_sfm_then_rerun_finishes(tmp_path):
     assert leftovers == []
 
 
+# rules whose outputs are all finished when training starts, with their outputs (relative to the workdir)
+UPSTREAM_OUTPUTS = {
+    "demo": ["work/demo/capture"],
+    "ingest": ["work/scene/manifest.json"],
+    "project": ["work/scene/images", "work/scene/views.json"],
+    "sfm_extract": ["work/scene/colmap/features.db"],
+    "sfm_pairs": ["work/scene/pairs.txt"],
+    "sfm_match": ["work/scene/colmap/database.db"],
+    "sfm_map": ["work/scene/sparse"],
+    "sfm_align": ["work/scene/aligned", "work/scene/alignment.json"],
+}
+DOWNSTREAM_RULES = ["train", "export_mesh", "compress", "report", "publish"]
+
+
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tmp_path):
-    """The main job on the tiny config: splat, meshes, compressed PLY and run report."""
-    import json
+    """The main job on the tiny config, killed (SIGKILL, whole process group) while training runs.
 
-    r = snakemake(tmp_path, f"--configfile={TINY}", "results/scene.ply", timeout=1500)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    Re-running the same command resumes training from its last checkpoint without redoing the
+    finished stages, and yields the splat, meshes, compressed PLY and run report; a third run
+    has nothing to do.
+    """
+    import json
+    import signal
+    import time
+
+    import yaml
+
+    from splatforge_core.train.checkpoint import list_checkpoints
+
+    iterations = yaml.safe_load(TINY.read_text())["train"]["cpu_iterations"]
+    ckpt_dir = tmp_path / "work/scene/splat/checkpoints"
+    metrics_path = tmp_path / "work/scene/splat/metrics.json"
     res = tmp_path / "results"
+
+    # 1. start the run, kill it as soon as training has written its first checkpoint
+    run_log = tmp_path / "killed_run.log"
+    with open(run_log, "w") as logf:
+        proc = subprocess.Popen(snakemake_cmd(tmp_path, f"--configfile={TINY}", "results/scene.ply"),
+                                stdout=logf, stderr=subprocess.STDOUT, env=SNAKEMAKE_ENV, start_new_session=True)
+        try:
+            deadline = time.time() + 900
+            while not list_checkpoints(ckpt_dir):
+                assert proc.poll() is None, "the run ended before training wrote a checkpoint:\n" + \
+                    run_log.read_text()[-5000:]
+                assert time.time() < deadline, "no training checkpoint after 900 s"
+                time.sleep(0.02)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the whole group has already exited
+                pass
+            proc.wait()
+    ckpts = list_checkpoints(ckpt_dir)
+    killed_at = int(ckpts[-1].stem.split("_")[1])
+    assert 0 < killed_at < iterations, f"the kill did not land mid-training: checkpoints {[p.name for p in ckpts]}"
+    for p in ["results/scene.ply", "work/scene/splat/metrics.json", "work/scene/splat/splat.ply"]:
+        assert not (tmp_path / p).exists(), f"{p} exists after a kill during training"
+    before = _file_mtimes(tmp_path, [p for outs in UPSTREAM_OUTPUTS.values() for p in outs])
+
+    # 2. the same command finishes: training resumes, the finished stages are not redone
+    r = snakemake(tmp_path, f"--configfile={TINY}", "results/scene.ply", timeout=1500)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    for rule in UPSTREAM_OUTPUTS:
+        assert f"rule {rule}:" not in out, f"rule {rule} was run again after the kill"
+    for rule in DOWNSTREAM_RULES:
+        assert f"rule {rule}:" in out, f"rule {rule} did not run after the kill"
+    after = _file_mtimes(tmp_path, [p for outs in UPSTREAM_OUTPUTS.values() for p in outs])
+    assert after == before, "finished upstream outputs were rewritten: " + \
+        ", ".join(sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)))
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["resumed_from"] == [killed_at], metrics["resumed_from"]
+    assert metrics["iterations"] == iterations and metrics["final_step"] == iterations
+    assert "resumed from checkpoint" in (tmp_path / "work/scene/logs/train.log").read_text()
+
+    # 3. every output is valid
     from plyfile import PlyData
 
     ply = PlyData.read(str(res / "scene.ply"))
     assert ply["vertex"].count > 1000
     names = [p.name for p in ply["vertex"].properties]
     assert names[:6] == ["x", "y", "z", "nx", "ny", "nz"] and "opacity" in names and "rot_3" in names
+    assert (res / "scene.ply").read_bytes() == (tmp_path / "work/scene/splat/splat.ply").read_bytes()
     for ext in ["glb", "obj", "mtl", "png", "fbx"]:
         assert (res / f"scene_mesh.{ext}").stat().st_size > 0, ext
     comp = json.loads((res / "scene.compressed.json").read_text())
     assert comp["status"] == "ok" and comp["bitexact_roundtrip"] is True
-    metrics = json.loads((tmp_path / "work/scene/splat/metrics.json").read_text())
-    assert metrics
+    assert metrics["final"]["psnr"] > 0 and metrics["num_gaussians"] == ply["vertex"].count
     report = (res / "scene_report" / "report.md").read_text()
-    assert "registered" in report
+    assert "registered" in report and "resumed from steps" in report
+
+    # 4. a third run has nothing to do
     again = snakemake(tmp_path, f"--configfile={TINY}", "results/scene.ply")
+    assert again.returncode == 0
     assert "Nothing to be done" in (again.stdout + again.stderr)

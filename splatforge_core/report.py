@@ -394,7 +394,8 @@ def _training(m: dict, splat_dir: Path, tmp: Path) -> tuple[list[str], list[str]
     if "lpips" in final:
         rows.append(["held-out LPIPS", final["lpips"]])
     for label, key in (("iterations", "iterations"), ("final step", "final_step"), ("Gaussians", "num_gaussians"),
-                       ("SH degree", "sh_degree"), ("strategy", "strategy"), ("device", "device"),
+                       ("SH degree (reached, in the PLY)", "sh_degree"),
+                       ("SH degree (configured)", "sh_degree_configured"), ("strategy", "strategy"), ("device", "device"),
                        ("train views", "n_train_views"), ("held-out views", "n_test_views"),
                        ("training time (s)", "train_seconds"), ("s per iteration", "sec_per_iter"),
                        ("resumed from steps", "resumed_from"), ("OOM culling tier", "oom_tier"),

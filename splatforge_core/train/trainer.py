@@ -74,6 +74,10 @@ class TrainOptions:
     cpu_max_side: longer image side in pixels on CPU (320); images are downscaled with
         INTER_AREA and K scaled accordingly (never upscaled).
     sh_degree: final SH degree (0-3), default 3; sh_degree_interval: steps per degree (1000).
+        The PLY and ``metrics.json`` carry the degree the schedule actually reached
+        (:meth:`Trainer.trained_sh_degree`): 1500 CPU steps train degrees 0 and 1 only, and
+        the never-trained (all-zero) degree 2-3 coefficients would be 36 of the 62 floats of
+        every Gaussian in the file.
     ssim_lambda: SSIM weight in the loss (0.2).
     means_lr, means_lr_final: positions learning rate x scene scale (metres), decayed
         exponentially from 1.6e-4 to 1.6e-6; scales_lr 5e-3, quats_lr 1e-3,
@@ -617,6 +621,11 @@ class Trainer:
     def _sh_degree_now(self) -> int:
         return min(self.step // self.opts.sh_degree_interval, self.opts.sh_degree)
 
+    def trained_sh_degree(self) -> int:
+        """SH degree in use at the last step of the run: ``min(sh_degree, (iterations - 1) //
+        sh_degree_interval)``; higher coefficients never receive a gradient and stay zero."""
+        return min((self.iterations - 1) // self.opts.sh_degree_interval, self.opts.sh_degree)
+
     # ---- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, images: bool = False) -> Dict[str, Any]:
@@ -629,7 +638,7 @@ class Trainer:
         pick = set(np.linspace(0, len(views) - 1, min(self.opts.n_eval_images, len(views))).round().astype(int))
         bg = None if self.opts.background != "white" else torch.ones(3, device=self.device)
         for i, v in enumerate(views):
-            img, _, _ = self.render(v, self.opts.sh_degree if self.step >= self.iterations
+            img, _, _ = self.render(v, self.trained_sh_degree() if self.step >= self.iterations
                                     else self._sh_degree_now(), bg)
             pred = img[..., :3].clamp(0, 1)
             gt = self._gt(v)[None]
@@ -802,7 +811,9 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
             tr._apply_tier()
 
     p = tr.params
-    write_splat_ply(ply_path, p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"], p["shN"])
+    sh_degree = tr.trained_sh_degree()
+    write_splat_ply(ply_path, p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"],
+                    p["shN"][:, : (sh_degree + 1) ** 2 - 1])
     local_ply = out_dir / "splat.ply"
     if local_ply.resolve() != ply_path.resolve():
         with atomic_path(local_ply) as tmp:
@@ -824,7 +835,8 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         "resumed_from": tr.resumed_from,
         "oom_tier": tr.tier,
         "num_gaussians": int(len(p["means"])),
-        "sh_degree": opts.sh_degree,
+        "sh_degree": sh_degree,
+        "sh_degree_configured": opts.sh_degree,
         "strategy": opts.strategy,
         "resolution": {"max_side": max_side, "first_train_view": [v0.width, v0.height]},
         "n_train_views": len(scene.train),

@@ -51,7 +51,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from splatforge_core.report import _fmt, _load, _table, read_benchmarks  # noqa: E402
+from splatforge_core.report import fmt_cell, load_optional_json, md_table, read_benchmarks  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "e2e.md"
 GATE_S = 600.0
@@ -221,7 +221,7 @@ def stage_table(workdir: Path, scene: str, is_demo: bool, ran: dict[str, int] | 
     total = sum(b["s"] or 0.0 for b in bench.values())
     peak = max((b["max_rss_mb"] or 0.0 for b in bench.values()), default=None)
     rows.append(["**sum of stages**", total, peak, sum(b["cpu_time"] or 0.0 for b in bench.values()), ""])
-    return _table(["stage (rule)", "wall (s)", "peak RSS (MB)", "CPU time (s)", "ran in this invocation"], rows,
+    return md_table(["stage (rule)", "wall (s)", "peak RSS (MB)", "CPU time (s)", "ran in this invocation"], rows,
                   nd=1), total
 
 
@@ -233,60 +233,60 @@ def results_table(workdir: Path, scene: str) -> str:
     def na(line: str | None) -> str:
         return line.replace("not available: ", "") if line else ""
 
-    sfm, sfm_na = _load(sd / "sparse" / "summary.json", sd)
+    sfm, sfm_na = load_optional_json(sd / "sparse" / "summary.json", sd)
     if sfm is not None:
-        rows += [["images registered / total", f"{_fmt(sfm.get('num_reg_images'))} / {_fmt(sfm.get('num_images'))}"],
-                 ["frames registered", _fmt(sfm.get("num_reg_frames"))],
+        rows += [["images registered / total", f"{fmt_cell(sfm.get('num_reg_images'))} / {fmt_cell(sfm.get('num_images'))}"],
+                 ["frames registered", fmt_cell(sfm.get("num_reg_frames"))],
                  ["3D points, mean reprojection error (px)",
-                  f"{_fmt(sfm.get('num_points3D'))}, {_fmt(sfm.get('mean_reprojection_error_px'), 3)}"]]
+                  f"{fmt_cell(sfm.get('num_points3D'))}, {fmt_cell(sfm.get('mean_reprojection_error_px'), 3)}"]]
     else:
         rows.append(["registration", f"not available ({na(sfm_na)})"])
-    al, al_na = _load(sd / "alignment.json", sd)
+    al, al_na = load_optional_json(sd / "alignment.json", sd)
     if al is not None:
         rows += [["aligned frames: registered / total, inliers",
-                  f"{_fmt(al.get('num_registered_frames'))} / {_fmt(al.get('num_frames'))}, "
-                  f"{_fmt(al.get('num_inliers'))}"],
+                  f"{fmt_cell(al.get('num_registered_frames'))} / {fmt_cell(al.get('num_frames'))}, "
+                  f"{fmt_cell(al.get('num_inliers'))}"],
                  ["alignment residual median / max (m)",
-                  f"{_fmt(al.get('median_residual_m'), 2)} / {_fmt(al.get('max_residual_m'), 2)}"]]
+                  f"{fmt_cell(al.get('median_residual_m'), 2)} / {fmt_cell(al.get('max_residual_m'), 2)}"]]
         gt = al.get("ground_truth_error")
         if gt:
             rows.append(["demo ground truth: aligned camera-centre error median / max (m); raw GPS median (m)",
-                         f"{_fmt(gt.get('median_m'), 2)} / {_fmt(gt.get('max_m'), 2)}; {_fmt(gt.get('gps_median_m'), 2)}"])
+                         f"{fmt_cell(gt.get('median_m'), 2)} / {fmt_cell(gt.get('max_m'), 2)}; {fmt_cell(gt.get('gps_median_m'), 2)}"])
         else:
             rows.append(["ground-truth camera-centre error", "none (not the demo capture)"])
     else:
         rows.append(["alignment", f"not available ({na(al_na)})"])
-    met, met_na = _load(sd / "splat" / "metrics.json", sd)
+    met, met_na = load_optional_json(sd / "splat" / "metrics.json", sd)
     if met is not None:
         fin = met.get("final") or {}
         res = (met.get("resolution") or {}).get("first_train_view") or ["?", "?"]
-        rows += [["held-out PSNR (dB) / SSIM", f"{_fmt(fin.get('psnr'), 2)} / {_fmt(fin.get('ssim'), 4)} over "
-                                                f"{_fmt(met.get('n_test_views'))} views"
-                  + (f"; LPIPS {_fmt(fin['lpips'], 4)}" if "lpips" in fin else "")],
+        rows += [["held-out PSNR (dB) / SSIM", f"{fmt_cell(fin.get('psnr'), 2)} / {fmt_cell(fin.get('ssim'), 4)} over "
+                                                f"{fmt_cell(met.get('n_test_views'))} views"
+                  + (f"; LPIPS {fmt_cell(fin['lpips'], 4)}" if "lpips" in fin else "")],
                  ["training: iterations (final step), resolution, Gaussians, device",
-                  f"{_fmt(met.get('iterations'))} ({_fmt(met.get('final_step'))}), {res[0]} x {res[1]} px, "
-                  f"{_fmt(met.get('num_gaussians'))}, {met.get('device')}"],
+                  f"{fmt_cell(met.get('iterations'))} ({fmt_cell(met.get('final_step'))}), {res[0]} x {res[1]} px, "
+                  f"{fmt_cell(met.get('num_gaussians'))}, {met.get('device')}"],
                  ["training time (s), s per step, resumed from",
-                  f"{_fmt(met.get('train_seconds'), 1)}, {_fmt(met.get('sec_per_iter'), 3)}, "
+                  f"{fmt_cell(met.get('train_seconds'), 1)}, {fmt_cell(met.get('sec_per_iter'), 3)}, "
                   f"{met.get('resumed_from') or 'not resumed'}"]]
     else:
         rows.append(["training", f"not available ({na(met_na)})"])
-    comp, comp_na = _load(workdir / "results" / f"{scene}.compressed.json", sd)
+    comp, comp_na = load_optional_json(workdir / "results" / f"{scene}.compressed.json", sd)
     if comp is not None:
         rows.append([f"compression ({comp.get('preset')})",
-                     f"{_fmt((comp.get('size_bytes_in') or 0) / 1e6, 2)} MB -> {_fmt((comp.get('size_bytes_out') or 0) / 1e6, 2)}"
-                     f" MB, ratio {_fmt(comp.get('compression_ratio'), 2)}, bit-exact round trip "
-                     f"{_fmt(comp.get('bitexact_roundtrip'))}"])
+                     f"{fmt_cell((comp.get('size_bytes_in') or 0) / 1e6, 2)} MB -> {fmt_cell((comp.get('size_bytes_out') or 0) / 1e6, 2)}"
+                     f" MB, ratio {fmt_cell(comp.get('compression_ratio'), 2)}, bit-exact round trip "
+                     f"{fmt_cell(comp.get('bitexact_roundtrip'))}"])
     else:
         rows.append(["compression", f"not available ({na(comp_na)})"])
-    exp, exp_na = _load(sd / "export" / "export.json", sd)
+    exp, exp_na = load_optional_json(sd / "export" / "export.json", sd)
     if exp is not None:
         c = exp.get("counts") or {}
-        rows.append(["mesh faces / vertices, texture", f"{_fmt(c.get('faces'))} / {_fmt(c.get('vertices'))}, "
-                                                       f"{_fmt(c.get('texture_size'))} px"])
+        rows.append(["mesh faces / vertices, texture", f"{fmt_cell(c.get('faces'))} / {fmt_cell(c.get('vertices'))}, "
+                                                       f"{fmt_cell(c.get('texture_size'))} px"])
     else:
         rows.append(["mesh", f"not available ({na(exp_na)})"])
-    return _table(["result", "value"], rows)
+    return md_table(["result", "value"], rows)
 
 
 def gate_line(is_demo: bool, configfiles: list[Path], rc: int, ran: dict[str, int] | None, total: float,

@@ -83,7 +83,7 @@ class ReportOptions:
 # helpers
 
 
-def _fmt(x: Any, nd: int = 2) -> str:
+def fmt_cell(x: Any, nd: int = 2) -> str:
     """Format a value for a Markdown table cell (floats rounded, pipes escaped)."""
     if x is None:
         return "–"
@@ -103,10 +103,11 @@ def _fmt(x: Any, nd: int = 2) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: list[str], rows: list[list[Any]], nd: int = 2) -> str:
+def md_table(header: list[str], rows: list[list[Any]], nd: int = 2) -> str:
+    """A Markdown table: ``header`` cells, then one row per list, cells through :func:`fmt_cell`."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        out.append("| " + " | ".join(_fmt(c, nd) for c in r) + " |")
+        out.append("| " + " | ".join(fmt_cell(c, nd) for c in r) + " |")
     return "\n".join(out)
 
 
@@ -120,7 +121,7 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, d)]
 
 
-def _load(path: Path, scene_dir: Path) -> tuple[Any, str | None]:
+def load_optional_json(path: Path, scene_dir: Path) -> tuple[Any, str | None]:
     """(JSON content, None) or (None, the 'not available' line)."""
     rel = _rel(path, scene_dir)
     if not path.is_file():
@@ -317,7 +318,7 @@ def _capture(man: dict) -> list[str]:
     images = man.get("images", [])
     skipped = man.get("skipped", [])
     o = man.get("origin")
-    lines = [_table(["capture", "value"], [
+    lines = [md_table(["capture", "value"], [
         ["images used", len(images)],
         ["images skipped", len(skipped)],
         ["camera kind", man.get("camera_kind")],
@@ -340,7 +341,7 @@ def _capture(man: dict) -> list[str]:
                       f"up {lo[2]:.2f} … {hi[2]:.2f} m ({hi[2] - lo[2]:.2f} m); "
                       f"farthest image {far:.2f} m from the origin horizontally."]
     if skipped:
-        lines += ["", "Skipped images:", "", _table(["image", "reason"], [[s.get("name"), s.get("reason")] for s in skipped])]
+        lines += ["", "Skipped images:", "", md_table(["image", "reason"], [[s.get("name"), s.get("reason")] for s in skipped])]
     return lines
 
 
@@ -358,7 +359,7 @@ def _alignment_text(al: dict) -> list[str]:
         rows += [["ground truth: aligned error median (m)", gt.get("median_m")],
                  ["ground truth: aligned error max (m)", gt.get("max_m")],
                  ["ground truth: raw GPS error median (m)", gt.get("gps_median_m")]]
-    lines = [_table(["alignment", "value"], rows, nd=3)]
+    lines = [md_table(["alignment", "value"], rows, nd=3)]
     if al.get("unregistered_frames"):
         lines += ["", "Not registered: " + ", ".join(f"`{f}`" for f in al["unregistered_frames"])]
     res = al.get("residuals", [])
@@ -374,7 +375,7 @@ def _alignment_text(al: dict) -> list[str]:
                 e = gte.get(r["frame"], {})
                 row += [e.get("error_m"), e.get("gps_error_m")]
             rows.append(row)
-        lines += ["", "<details><summary>Per-frame residuals</summary>", "", _table(hdr, rows), "", "</details>"]
+        lines += ["", "<details><summary>Per-frame residuals</summary>", "", md_table(hdr, rows), "", "</details>"]
     return lines
 
 
@@ -385,7 +386,7 @@ def _sfm(s: dict) -> list[str]:
             ["mean reprojection error (px)", s.get("mean_reprojection_error_px")],
             ["mean track length", s.get("mean_track_length")], ["rig", s.get("rig")],
             ["models (registered images each)", s.get("models")], ["wall time (s)", s.get("wall_s")]]
-    return [_table(["SfM", "value"], rows, nd=3)]
+    return [md_table(["SfM", "value"], rows, nd=3)]
 
 
 def _training(m: dict, splat_dir: Path, tmp: Path) -> tuple[list[str], list[str]]:
@@ -408,19 +409,19 @@ def _training(m: dict, splat_dir: Path, tmp: Path) -> tuple[list[str], list[str]
         rows.append(["training resolution (px)", f"{w} x {h} (max side {res.get('max_side') or 'full'})"])
     if m.get("test_frames"):
         rows.append(["held-out frames", ", ".join(map(str, m["test_frames"]))])
-    lines = [_table(["training", "value"], rows, nd=4)]
+    lines = [md_table(["training", "value"], rows, nd=4)]
     for note in ("eval_note", "lpips_note"):
         if m.get(note):
             lines += ["", f"_{m[note]}_"]
     evals = m.get("evals") or []
     if evals:
         keys = [k for k in ("step", "psnr", "ssim", "lpips", "num_gaussians", "n_views") if any(k in e for e in evals)]
-        lines += ["", _table(keys, [[e.get(k) for k in keys] for e in evals], nd=4)]
+        lines += ["", md_table(keys, [[e.get(k) for k in keys] for e in evals], nd=4)]
     per_view = m.get("final_per_view") or {}
     if isinstance(per_view, dict) and per_view:
         keys = [k for k in ("psnr", "ssim", "lpips") if any(isinstance(v, dict) and k in v for v in per_view.values())]
         lines += ["", "<details><summary>Held-out views</summary>", "",
-                  _table(["view", *keys], [[n, *[(v or {}).get(k) for k in keys]] for n, v in per_view.items()], nd=4),
+                  md_table(["view", *keys], [[n, *[(v or {}).get(k) for k in keys]] for n, v in per_view.items()], nd=4),
                   "", "</details>"]
     figs = []
     pngs = sorted(splat_dir.glob("*.png"), key=lambda p: ({"curve.png": 0, "renders.png": 1}.get(p.name, 2), p.name))
@@ -440,9 +441,9 @@ def _generic(d: dict, skip: tuple[str, ...] = ("schema_version",)) -> list[str]:
     rows = [[k, v] for k, v in _flatten(d) if k.split(".")[0] not in skip]
     main_rows = [r for r in rows if not r[0].startswith("options.")]
     opt_rows = [r for r in rows if r[0].startswith("options.")]
-    lines = [_table(["key", "value"], main_rows, nd=4)]
+    lines = [md_table(["key", "value"], main_rows, nd=4)]
     if opt_rows:
-        lines += ["", "<details><summary>Options</summary>", "", _table(["key", "value"], opt_rows, nd=4), "",
+        lines += ["", "<details><summary>Options</summary>", "", md_table(["key", "value"], opt_rows, nd=4), "",
                   "</details>"]
     return lines
 
@@ -490,13 +491,13 @@ def main(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, options: dict
         scene_dir.resolve().parent.parent / "results" / f"{scene}.compressed.json"
     export_path = Path(opts.export_report) if opts.export_report else scene_dir / "export" / "export.json"
 
-    man, man_na = _load(scene_dir / "manifest.json", scene_dir)
-    views, views_na = _load(scene_dir / "views.json", scene_dir)
-    al, al_na = _load(scene_dir / "alignment.json", scene_dir)
-    sfm, sfm_na = _load(scene_dir / "sparse" / "summary.json", scene_dir)
-    met, met_na = _load(scene_dir / "splat" / "metrics.json", scene_dir)
-    exp, exp_na = _load(export_path, scene_dir)
-    comp, comp_na = _load(compress_path, scene_dir)
+    man, man_na = load_optional_json(scene_dir / "manifest.json", scene_dir)
+    views, views_na = load_optional_json(scene_dir / "views.json", scene_dir)
+    al, al_na = load_optional_json(scene_dir / "alignment.json", scene_dir)
+    sfm, sfm_na = load_optional_json(scene_dir / "sparse" / "summary.json", scene_dir)
+    met, met_na = load_optional_json(scene_dir / "splat" / "metrics.json", scene_dir)
+    exp, exp_na = load_optional_json(export_path, scene_dir)
+    comp, comp_na = load_optional_json(compress_path, scene_dir)
 
     sections: dict[str, str] = {}
     figures: list[str] = []
@@ -548,7 +549,7 @@ def main(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, options: dict
             peak = max((b["max_rss_mb"] or 0.0 for b in bench), default=0.0)
             cpu = sum(b["cpu_time"] or 0.0 for b in bench)
             rows.append(["**total**", tot, str(_dt.timedelta(seconds=round(tot))), peak, cpu, None, None])
-            return [_table(["rule", "wall (s)", "h:m:s", "peak RSS (MB)", "CPU time (s)", "mean load (%)", "repeats"],
+            return [md_table(["rule", "wall (s)", "h:m:s", "peak RSS (MB)", "CPU time (s)", "mean load (%)", "repeats"],
                            rows),
                     "", "Wall times are Snakemake `benchmark:` measurements (mean over repeats); peak RSS is `max_rss`. "
                         "The total is the sum of the rules (the rules may have run in parallel).",

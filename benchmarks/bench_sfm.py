@@ -136,7 +136,7 @@ def alignment_floor(n_panoramas: int, sigma: float = 2.0, trials: int = 300) -> 
             f"sigma {sigma} m per axis): median centre error {np.mean(med):.2f} m on average "
             f"({np.mean(med) / sigma:.2f} sigma); below sigma/2 in {100.0 * below / trials:.0f} % of draws. "
             "With 5 unknowns (yaw, scale, 3 shifts; up known) and N positions the fitted positions keep "
-            "5 sigma^2 / N of noise variance each, so the gate 'median < sigma / 2' is met only by chance at N = 10; "
+            f"5 sigma^2 / N of noise variance each, so the gate 'median < sigma / 2' is met only by chance at N = {n_panoramas}; "
             "the gate that holds is the averaging one: aligned error well below the raw GPS error (table above).")
 
 
@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--lund", default=str(REPO.parent / "shared" / "data" / "lund" / "images"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sfm.md"))
     a = ap.parse_args()
+    load_start = os.getloadavg()[0]
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
     rows: list[tuple] = []
@@ -190,7 +191,8 @@ def main() -> None:
     cpu = os.cpu_count()
     lines = ["# SfM benchmark (`benchmarks/bench_sfm.py`)", "",
              f"Machine: {platform.processor() or platform.machine()}, {cpu} CPU cores, no GPU (pycolmap CPU build); "
-             "**shared with other jobs while measured: timings are noisy (upper bounds)**.", "",
+             f"1-min load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+             f"(above ~{cpu} other jobs shared the machine and times are upper bounds).", "",
              f"Demo: {DEMO_OPTS['n_panoramas']} panoramas {DEMO_OPTS['width']}x{DEMO_OPTS['width'] // 2}, GPS sigma 2 m per axis; "
              f"project {PROJECT_OPTS} -> {ex['num_images'] if ex else '?'} views. Lund: 29 photos 1024x768. "
              "Default options otherwise (extract max_image_size 1600, 8192 features; pairs K = 8).", "",

@@ -255,3 +255,21 @@ def test_trim_keeps_surface_between_clustered_gaussians(tmp_path):
     c = rep["counts"]
     # (the spacing rule alone, 4 x 1 cm, trimmed everything: "no surface left after trimming")
     assert c["faces_after_trim"] > 0.4 * c["poisson_faces"], c
+
+
+def test_preview_frames_the_mesh_and_compares_with_the_splat(exported, sphere_ply, tmp_path):
+    """The mesh-vs-splat PNG: cameras frame the mesh; far Gaussians (a sky sphere) are left out."""
+    from PIL import Image
+
+    from splatforge_core.export.preview import compare_png
+
+    out, _ = exported
+    # the sphere plus a big opaque far shell around it, as the trainer's sky sphere
+    cols = sphere_splat(3000, centre=CENTRE, sh_degree=1)
+    sky = sphere_splat(2000, radius=50.0, centre=CENTRE, sh_degree=1, seed=3)
+    both = write_ply(tmp_path / "with_sky.ply", {k: np.concatenate([cols[k], sky[k]]) for k in cols})
+    png = tmp_path / "cmp.png"
+    rep = compare_png(both, out / "sphere_mesh.glb", png, n_views=2, size=160)
+    assert rep["views"] == 2 and Image.open(png).size == (2 * 160 + 8, 2 * 160)
+    # the mesh and the splat render the same sphere: far from the ~5 dB of an image hidden by the shell
+    assert min(rep["psnr_mesh_vs_splat"]) > 15.0, rep

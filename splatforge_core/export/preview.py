@@ -120,20 +120,25 @@ def load_textured_mesh(path: str | Path):
 
 
 def compare_png(splat_ply: str | Path, mesh_path: str | Path, out_png: str | Path, n_views: int = 2,
-                size: int = 480, min_opacity: float = 0.1) -> dict:
+                size: int = 480, min_opacity: float = 0.1, margin: float = 0.1) -> dict:
     """Write a PNG grid: one row per view, textured mesh on the left, splat on the right.
 
-    The cameras orbit the centre of the opaque Gaussians at a distance that frames their
-    2-98 percentile extent. Returns {"views": n_views, "psnr_mesh_vs_splat": [per view dB]}.
+    The cameras orbit the centre of the mesh at a distance that frames its bounding box; the
+    splat is drawn with only its Gaussians inside that box (padded by ``margin`` x its size,
+    and opacity >= ``min_opacity``): the trainer's far background (sky sphere) would otherwise
+    hide the scene from outside, and the mesh only covers what the export kept (its
+    ``crop_box``). Returns {"views": n_views, "psnr_mesh_vs_splat": [per view dB]}.
     """
     import cv2
 
+    V, F, UV, tex = load_textured_mesh(mesh_path)
+    lo, hi = V.min(0), V.max(0)
+    pad = margin * (hi - lo)
     splat = _read_splat_ply(splat_ply)
-    splat = splat.subset(splat.opacities >= min_opacity)
-    lo, hi = np.percentile(splat.means, [2, 98], axis=0)
+    inside = np.all((splat.means >= lo - pad) & (splat.means <= hi + pad), axis=1)
+    splat = splat.subset((splat.opacities >= min_opacity) & inside)
     centre = (lo + hi) / 2
     radius = float(np.linalg.norm(hi - lo) / 2)
-    V, F, UV, tex = load_textured_mesh(mesh_path)
     mats, K = look_at_cameras(centre, radius, n_views, size, size)
     rows, psnrs = [], []
     for M in mats:

@@ -57,7 +57,7 @@ RESULT = REPO / "benchmarks" / "results" / "e2e.md"
 GATE_S = 600.0
 #: the demo rule's output folder: a scene whose input is this is the embedded demo (rules/common.smk)
 DEMO_INPUT = "work/demo/capture/images"
-#: rules in pipeline order (rules/*.smk); the report rule has no benchmark: file
+#: rules in pipeline order (rules/*.smk)
 PIPELINE = ["demo", "ingest", "project", "sfm_extract", "sfm_pairs", "sfm_match", "sfm_map", "sfm_align",
             "train", "export_mesh", "compress", "report", "publish"]
 
@@ -68,7 +68,7 @@ command (total), with the wall time and peak resident memory of every stage from
 Snakemake `benchmark:` files (`work/SCENE/benchmarks/<rule>.tsv`: `s` = wall seconds, `max_rss`
 = peak resident MB; the demo rendering in `work/demo/benchmarks/demo.tsv`). Stages may overlap
 on 2 cores, so their sum can differ from the total; the total also holds Snakemake's own start-up
-and scheduling and the `report` rule (which has no benchmark file). Snakemake samples memory
+and scheduling. Snakemake samples memory
 every 0.5 s for a job's first ~15 s and every 30 s after that, so peak RSS is a lower bound for
 long stages (training, export) and unreliable for sub-second ones.
 
@@ -381,7 +381,7 @@ def main_cli(argv: list[str] | None = None) -> int:
         "",
         f"**Total wall time: {total:.1f} s ({_dt.timedelta(seconds=round(total))})** for the snakemake command; "
         f"sum of stage wall times {stage_sum:.1f} s; difference {total - stage_sum:+.1f} s (Snakemake start-up and "
-        f"scheduling, the report rule, minus stages that overlapped).",
+        f"scheduling, minus stages that overlapped).",
         "",
         gate_line(is_demo, configfiles, rc, ran, total, a.cores, machine["cuda"], scene_rules),
         "",

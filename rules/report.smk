@@ -11,6 +11,8 @@ rule report:
         report=directory("results/{scene}_report"),
     params:
         scene_dir="work/{scene}",
+    benchmark:
+        "work/{scene}/benchmarks/report.tsv"
     log:
         "work/{scene}/logs/report.log",
     script:

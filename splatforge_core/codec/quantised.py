@@ -269,22 +269,10 @@ def orbit_cameras(means: np.ndarray, n_views: int = 8, size: int = 256, fov_deg:
     diag = float(np.linalg.norm(hi - lo)) or 1.0
     f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
     dist = 0.75 * diag / math.tan(math.radians(fov_deg) / 2)
-    el = math.radians(elevation_deg)
-    vms, Ks = [], []
-    for i in range(n_views):
-        az = 2 * math.pi * i / n_views
-        eye = c + dist * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        z = c - eye
-        z /= np.linalg.norm(z)
-        x = np.cross(z, [0.0, 0.0, 1.0])
-        x /= np.linalg.norm(x)
-        y = np.cross(z, x)
-        R = np.stack([x, y, z])  # rows: camera axes in world
-        vm = np.eye(4)
-        vm[:3, :3] = R
-        vm[:3, 3] = -R @ eye
-        vms.append(vm)
-        Ks.append([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
+    from ..render.cameras import orbit_viewmats
+
+    vms = orbit_viewmats(c, dist, n_views, elevation_deg)
+    Ks = np.broadcast_to(np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]), (n_views, 3, 3))
     return np.asarray(vms, np.float32), np.asarray(Ks, np.float32)
 
 

@@ -30,25 +30,12 @@ def look_at_cameras(centre: np.ndarray, radius: float, n_views: int, width: int,
 
     Returns (viewmats [C, 4, 4] float64 cam_from_world, OpenCV axes; K [3, 3] pixels).
     """
+    from ..render.cameras import orbit_viewmats
+
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
     K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
     dist = radius / math.sin(math.radians(fov_deg) / 2) * 1.05
-    el = math.radians(elevation_deg)
-    mats = []
-    for i in range(n_views):
-        az = math.radians(azimuth0_deg + 360.0 * i / n_views)
-        eye = centre + dist * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        z = centre - eye
-        z /= np.linalg.norm(z)
-        x = np.cross(z, [0.0, 0.0, 1.0])
-        x /= np.linalg.norm(x)
-        y = np.cross(z, x)
-        R = np.stack([x, y, z])
-        M = np.eye(4)
-        M[:3, :3] = R
-        M[:3, 3] = -R @ eye
-        mats.append(M)
-    return np.stack(mats), K
+    return orbit_viewmats(centre, dist, n_views, elevation_deg, azimuth0_deg), K
 
 
 def _bilinear(tex: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from splatforge_core.config import validate_config
+
 min_version("8.0")
 
 
@@ -18,6 +20,10 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 validate(config, "schemas/config.schema.yaml")
+# The schema checks the top-level structure; every stage section (and every scene's override
+# merged on top) is checked against its options dataclass here, so a typo or a wrong type stops
+# the run now, naming the key, instead of after SfM has run.
+validate_config(config)
 
 
 include: "rules/common.smk"

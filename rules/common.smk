@@ -5,8 +5,9 @@
 # spatial clusters by inserting a {cluster} level (work/{scene}/clusters/{cluster}/...) for the
 # SfM and training rules and merging them again before export, without touching the stages.
 
-import copy
 import os
+
+from splatforge_core.config import scene_section
 
 SCENES = sorted(config["scenes"])
 
@@ -25,20 +26,10 @@ def scene_input(wildcards):
     return config["scenes"][wildcards.scene]["input"]
 
 
-def _merge(base, override):
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def stage_options(scene, section):
-    """Options of one stage for one scene: the global section with the scene's overrides on top."""
-    scene_cfg = config["scenes"].get(scene, {})
-    return _merge(config.get(section, {}), scene_cfg.get(section, {}))
+    """Options of one stage for one scene: the global section with the scene's overrides on top
+    (splatforge_core.config.scene_section, the merge validate_config checked at start)."""
+    return scene_section(config, scene, section)
 
 
 def demo_ground_truth_path(wildcards):

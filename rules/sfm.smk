@@ -10,7 +10,7 @@ rule sfm_extract:
     output:
         features="work/{scene}/colmap/features.db",
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("extract", {}),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm.extract"),
     threads: workflow.cores
     resources:
         gpu=lambda wildcards: 1 if config.get("use_gpu", False) else 0,
@@ -18,6 +18,8 @@ rule sfm_extract:
         "work/{scene}/benchmarks/sfm_extract.tsv"
     log:
         "work/{scene}/logs/sfm_extract.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/sfm_extract.py"
 
@@ -28,11 +30,13 @@ rule sfm_pairs:
     output:
         pairs="work/{scene}/pairs.txt",
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("pairs", {}),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm.pairs"),
     benchmark:
         "work/{scene}/benchmarks/sfm_pairs.tsv"
     log:
         "work/{scene}/logs/sfm_pairs.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/sfm_pairs.py"
 
@@ -44,12 +48,14 @@ rule sfm_match:
     output:
         database="work/{scene}/colmap/database.db",
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("match", {}),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm.match"),
     threads: workflow.cores
     benchmark:
         "work/{scene}/benchmarks/sfm_match.tsv"
     log:
         "work/{scene}/logs/sfm_match.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/sfm_match.py"
 
@@ -61,12 +67,14 @@ rule sfm_map:
     output:
         sparse=directory("work/{scene}/sparse"),
     params:
-        options=lambda wildcards: stage_options(wildcards.scene, "sfm").get("map", {}),
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm.map"),
     threads: workflow.cores
     benchmark:
         "work/{scene}/benchmarks/sfm_map.tsv"
     log:
         "work/{scene}/logs/sfm_map.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/sfm_map.py"
 
@@ -86,5 +94,7 @@ rule sfm_align:
         "work/{scene}/benchmarks/sfm_align.tsv"
     log:
         "work/{scene}/logs/sfm_align.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/sfm_align.py"

@@ -14,5 +14,7 @@ rule compress:
         "work/{scene}/benchmarks/compress.tsv"
     log:
         "work/{scene}/logs/compress.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/compress.py"

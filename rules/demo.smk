@@ -8,11 +8,13 @@ rule demo:
         images=directory("work/demo/capture/images"),
         ground_truth="work/demo/capture/ground_truth.json",
     params:
-        out_dir="work/demo/capture",
+        out_dir=lambda wildcards, output: os.path.dirname(output.ground_truth),
         options=lambda wildcards: config.get("demo", {}),
     benchmark:
         "work/demo/benchmarks/demo.tsv"
     log:
         "work/demo/logs/demo.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/demo.py"

@@ -20,5 +20,7 @@ rule export_mesh:
         "work/{scene}/benchmarks/export_mesh.tsv"
     log:
         "work/{scene}/logs/export.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/export.py"

@@ -12,5 +12,7 @@ rule ingest:
         "work/{scene}/benchmarks/ingest.tsv"
     log:
         "work/{scene}/logs/ingest.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/ingest.py"

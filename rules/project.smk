@@ -15,5 +15,7 @@ rule project:
         "work/{scene}/benchmarks/project.tsv"
     log:
         "work/{scene}/logs/project.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/project.py"

@@ -15,5 +15,7 @@ rule publish:
         "work/{scene}/benchmarks/publish.tsv"
     log:
         "work/{scene}/logs/publish.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/publish.py"

@@ -10,10 +10,12 @@ rule report:
     output:
         report=directory("results/{scene}_report"),
     params:
-        scene_dir="work/{scene}",
+        scene_dir=lambda wildcards, input: os.path.dirname(input.alignment),
     benchmark:
         "work/{scene}/benchmarks/report.tsv"
     log:
         "work/{scene}/logs/report.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/report.py"

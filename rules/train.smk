@@ -21,5 +21,7 @@ rule train:
         "work/{scene}/benchmarks/train.tsv"
     log:
         "work/{scene}/logs/train.log",
+    conda:
+        "../envs/splatforge.yaml"
     script:
         "../scripts/train.py"

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	bash scripts/install.sh $(VENV)
@@ -22,6 +22,15 @@ demo: $(STAMP)
 # Run the test suite (CPU only; the whole suite takes a few minutes on 2 cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The suite without the tests marked slow (end-to-end workflow runs, training runs).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+# Static checks that CI runs before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
 
 clean:
 	rm -rf work results .snakemake

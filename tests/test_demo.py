@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -53,11 +52,11 @@ def _enu_independent(lat, lon, h, lat0, lon0, h0) -> np.ndarray:
     tr = Transformer.from_crs("EPSG:4979", "EPSG:4978", always_xy=True)
     x, y, z = tr.transform(np.asarray(lon, float), np.asarray(lat, float), np.asarray(h, float))
     x0, y0, z0 = tr.transform(lon0, lat0, h0)
-    p, l = math.radians(lat0), math.radians(lon0)
+    p, lam = math.radians(lat0), math.radians(lon0)
     d = np.stack([np.asarray(x) - x0, np.asarray(y) - y0, np.asarray(z) - z0], -1)
-    e = -math.sin(l) * d[..., 0] + math.cos(l) * d[..., 1]
-    n = -math.sin(p) * math.cos(l) * d[..., 0] - math.sin(p) * math.sin(l) * d[..., 1] + math.cos(p) * d[..., 2]
-    u = math.cos(p) * math.cos(l) * d[..., 0] + math.cos(p) * math.sin(l) * d[..., 1] + math.sin(p) * d[..., 2]
+    e = -math.sin(lam) * d[..., 0] + math.cos(lam) * d[..., 1]
+    n = -math.sin(p) * math.cos(lam) * d[..., 0] - math.sin(p) * math.sin(lam) * d[..., 1] + math.cos(p) * d[..., 2]
+    u = math.cos(p) * math.cos(lam) * d[..., 0] + math.cos(p) * math.sin(lam) * d[..., 1] + math.sin(p) * d[..., 2]
     return np.stack([e, n, u], -1)
 
 

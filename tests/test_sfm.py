@@ -87,7 +87,7 @@ def test_pairs_gps_knn_and_fallbacks(tmp_path):
     views = {"schema_version": 1, "camera_kind": "equirectangular", "cameras": [dict(cam, view="v"), dict(cam, view="w")], "frames": frames}
     write_json(tmp_path / "views.json", views)
     s = pairs.main(tmp_path / "views.json", tmp_path / "pairs.txt", {"num_neighbors": 1})
-    got = {tuple(sorted(l.split())) for l in (tmp_path / "pairs.txt").read_text().splitlines()}
+    got = {tuple(sorted(ln.split())) for ln in (tmp_path / "pairs.txt").read_text().splitlines()}
     # nearest of each: 0-1, 1-0, 2-1, 3-2, 4-3, 5-4 -> frame pairs (0,1),(1,2),(2,3),(3,4),(4,5)
     assert s["method"] == "gps_knn" and s["num_frame_pairs"] == 5 and s["num_pairs"] == 5 * 4 == len(got)
     assert ("v/p0.jpg", "w/p1.jpg") in got and not any(a.split("/")[1] == b.split("/")[1] for a, b in got)

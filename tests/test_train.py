@@ -231,7 +231,7 @@ def test_kill_and_resume_subprocess(scene, tmp_path):
     assert 10 <= done < iters
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resumed from checkpoint" in r.stderr and f"at step {done} of {iters}" in r.stderr
+    assert "resumed from checkpoint" in r.stderr and f"at step {done} of {iters}" in r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["resumed_from"] == [done] and m["final_step"] == iters
     assert len(read_splat_ply(ply)["means"]) == m["num_gaussians"] > 0

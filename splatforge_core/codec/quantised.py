@@ -362,7 +362,9 @@ def encode_quantised(
         order = _morton_order(_uq(x, *(np.asarray(r) for r in meta["ranges"]["pos"]), meta["bits"]["pos"]),
                               meta["bits"]["pos"]) if len(verts) else np.zeros(0, np.int64)
         src_sorted = verts[order]
-        extra["max_abs_position_error"] = float(np.abs(_cols(dec, ["x", "y", "z"]) - _cols(src_sorted, ["x", "y", "z"])).max()) if len(verts) else 0.0
+        xyz = ["x", "y", "z"]
+        extra["max_abs_position_error"] = (float(np.abs(_cols(dec, xyz) - _cols(src_sorted, xyz)).max())
+                                           if len(verts) else 0.0)
         if opts.evaluate_psnr and len(verts):
             q = render_psnr(src_sorted, dec, opts.psnr_views, opts.psnr_size, render_fn)
             extra["render_psnr_db"] = q["psnr_db"] if math.isfinite(q["psnr_db"]) else "inf"

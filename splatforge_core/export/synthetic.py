@@ -73,7 +73,8 @@ def sphere_splat(n: int, radius: float = 1.0, centre=(10.0, 20.0, 5.0), seed: in
     R = np.stack([t1, t2, nrm], axis=2)  # columns: local x, y, z in world
     q = rotmat_to_quat(R)
     spacing = radius * np.sqrt(4 * np.pi / n)
-    scales = np.log(np.stack([np.full(n, 0.7 * spacing), np.full(n, 0.7 * spacing), np.full(n, min(0.002 * radius, 0.1 * spacing))], axis=1))
+    scales = np.log(np.stack([np.full(n, 0.7 * spacing), np.full(n, 0.7 * spacing),
+                              np.full(n, min(0.002 * radius, 0.1 * spacing))], axis=1))
     col = sphere_colour(pts, c)
     cols = {"x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2],
             "nx": np.zeros(n), "ny": np.zeros(n), "nz": np.zeros(n)}

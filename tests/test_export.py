@@ -71,7 +71,7 @@ def test_obj_readback_and_colours(exported):
     assert m.visual.uv.shape == (len(m.vertices), 2)
     assert m.visual.material.image.size == (128, 128)
     # vertex colours (v x y z r g b) match the synthetic ground truth colour of the sphere
-    rows = [l.split() for l in (out / "sphere_mesh.obj").read_text().splitlines() if l.startswith("v ")]
+    rows = [ln.split() for ln in (out / "sphere_mesh.obj").read_text().splitlines() if ln.startswith("v ")]
     arr = np.array(rows)[:, 1:].astype(float)
     assert arr.shape == (rep["counts"]["vertices"], 6)
     err = np.abs(arr[:, 3:] - sphere_colour(arr[:, :3], CENTRE))
@@ -220,7 +220,6 @@ def test_real_splat_export(shared_data, tmp_path):
 
 def test_crop_box_validation_and_effect(tmp_path):
     """crop_box keeps only Gaussians inside (the workflow passes the SfM extent, so a far sky shell is not meshed)."""
-    import numpy as np
     import pytest
 
     from splatforge_core.export import ExportOptions, main
@@ -234,7 +233,7 @@ def test_crop_box_validation_and_effect(tmp_path):
     half = main(ply, tmp_path / "half", options={**common, "crop_box": [[8, 18, 5.0], [12, 22, 7]]})
     assert half["counts"]["gaussians_used"] < 0.7 * full["counts"]["gaussians_used"]
     assert half["counts"]["poisson_faces"] < full["counts"]["poisson_faces"]
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match=r"only 0 usable Gaussian\(s\)"):
         main(ply, tmp_path / "none", options={**common, "crop_box": [[100, 100, 100], [101, 101, 101]]})
     assert not list(tmp_path.glob("none*"))
 

@@ -136,7 +136,7 @@ def test_enu_far_points_match_pycolmap_and_roundtrip():
     np.testing.assert_allclose(back[:, 2], lla[:, 2], atol=1e-6, rtol=0)
     # a scalar input gives one row; origin maps to 0
     np.testing.assert_allclose(geodetic_to_enu(o[0], o[1], o[2], *o), np.zeros((1, 3)), atol=1e-9)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"latitude must be in \[-90, 90\]"):
         geodetic_to_enu(91.0, 0.0, 0.0, *o)
 
 

@@ -17,7 +17,7 @@ def test_atomic_file_success(tmp_path):
 def test_atomic_file_failure_keeps_old_and_leaves_no_temp(tmp_path):
     dest = tmp_path / "a.txt"
     dest.write_text("old")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^crash$"):
         with atomic_path(dest) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash")

@@ -127,7 +127,7 @@ def test_pinhole_K():
     K = pinhole_K((640, 480), 60)
     assert K[0, 0] == pytest.approx(320 / math.tan(math.radians(30)))
     assert (K[0, 2], K[1, 2]) == (320, 240)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"fov_deg must be in \(0, 180\), got 180"):
         pinhole_K(100, 180)
 
 

@@ -271,7 +271,7 @@ def test_unsupported_options_raise():
         cpu_rasterization(*params, vms, Ks, W, H, packed=True)
     with pytest.raises(NotImplementedError):
         cpu_rasterization(*params, vms, Ks, W, H, with_ut=True)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'not_an_option'"):
         cpu_rasterization(*params, vms, Ks, W, H, not_an_option=1)
 
 

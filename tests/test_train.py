@@ -158,8 +158,12 @@ def test_training_improves_heldout_psnr(scene, tmp_path):
     assert np.isfinite(d["means"]).all()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["final"] == m["final"] and saved["final_step"] == 150
-    for f in ("renders.png", "curve.png", "splat.ply"):
-        assert (out / f).stat().st_size > 0
+    from PIL import Image
+
+    for f in ("renders.png", "curve.png"):
+        with Image.open(out / f) as im:
+            assert im.format == "PNG" and min(im.size) >= 64, (f, im.format, im.size)
+    assert (out / "splat.ply").read_bytes() == ply.read_bytes()  # the copy beside the metrics
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["ckpt_0000100.pt", "ckpt_0000150.pt"]
 
 

@@ -206,11 +206,26 @@ def test_tiny_workflow_end_to_end(tmp_path):
     names = [p.name for p in ply["vertex"].properties]
     assert names[:6] == ["x", "y", "z", "nx", "ny", "nz"] and "opacity" in names and "rot_3" in names
     assert (res / "scene.ply").read_bytes() == (tmp_path / "work/scene/splat/splat.ply").read_bytes()
-    for ext in ["glb", "obj", "mtl", "png", "fbx"]:
-        assert (res / f"scene_mesh.{ext}").stat().st_size > 0, ext
+    # the meshes hold what the export report counted, with the tiny config's texture
+    import trimesh
+
+    export = json.loads((tmp_path / "work/scene/export/export.json").read_text())
+    counts = export["counts"]
+    assert 4 <= counts["faces"] <= 20000  # tiny.yaml: target_faces 20000
+    (glb,) = trimesh.load(res / "scene_mesh.glb", force="scene", process=False).geometry.values()
+    obj = trimesh.load(res / "scene_mesh.obj", force="mesh", process=False, maintain_order=True)
+    for m in (glb, obj):
+        assert (len(m.vertices), len(m.faces)) == (counts["vertices"], counts["faces"])
+    assert obj.visual.material.image.size == (256, 256)  # tiny.yaml: texture_size 256
+    assert "map_Kd scene_mesh.png" in (res / "scene_mesh.mtl").read_text()
+    assert export["verify"]["fbx"]["assimp_format"] == "fbxa"
     comp = json.loads((res / "scene.compressed.json").read_text())
     assert comp["status"] == "ok" and comp["bitexact_roundtrip"] is True
-    assert metrics["final"]["psnr"] > 0 and metrics["num_gaussians"] == ply["vertex"].count
+    assert comp["size_bytes_in"] == (tmp_path / "work/scene/splat/splat.ply").stat().st_size
+    assert metrics["num_gaussians"] == ply["vertex"].count
+    # 60 CPU steps at 128 px: far from converged (19.1 dB held-out PSNR, SSIM 0.57 measured),
+    # but well above a render of noise or of one flat colour
+    assert 14.0 < metrics["final"]["psnr"] < 35.0 and 0.3 < metrics["final"]["ssim"] <= 1.0, metrics["final"]
     report = (res / "scene_report" / "report.md").read_text()
     assert "registered" in report and "resumed from steps" in report
 

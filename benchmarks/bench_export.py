@@ -53,7 +53,7 @@ def run(label: str, ply: Path, opts: dict, cores: int, workdir: Path) -> dict:
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
-    line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode or not line:
         raise RuntimeError(f"{label} failed:\n{p.stderr[-3000:]}")
     res = json.loads(line[0][7:])

@@ -201,7 +201,8 @@ def main() -> None:
     for scene, name, t, mem, err in rows:
         lines.append(f"| {scene} | {name} | {t:.1f} | {mem:.0f} | {err or ''} |")
     lines += ["", "## Mapper backends", "",
-              "| scene | mapper | registered images | registered frames | points | reproj px | map s | align median / max residual m | GT error median m (GPS raw median) |",
+              "| scene | mapper | registered images | registered frames | points | reproj px | map s "
+              "| align median / max residual m | GT error median m (GPS raw median) |",
               "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for scene, res in (("demo", demo_map), ("lund", lund)):
         for m, (s, t, al) in res.items():

@@ -84,7 +84,7 @@ def bench_scene(args) -> str:
         f"{fin.get('psnr', float('nan')):.2f} | {fin.get('ssim', float('nan')):.4f} | {m['train_seconds']:.0f} | "
         f"{m['sec_per_iter']:.3f} | {wall:.0f} | {'PASS' if ok else 'FAIL'} |",
         "",
-        f"Held-out PSNR during the run (step: dB @ Gaussians): "
+        "Held-out PSNR during the run (step: dB @ Gaussians): "
         + ", ".join(f"{e['step']}: {e['psnr']:.2f} @ {e['num_gaussians']}" for e in m["evals"] if "psnr" in e)
         + f". Load average at end: {_load_note().rsplit('load average ', 1)[-1].replace(' at start', '')}.",
         "",

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     depth_mad = (img_g[..., 3] - img_c[..., 3]).abs().mean().item()
     depth_ref = img_g[..., 3].abs().mean().item()
     radii_diff = (radii_g != radii_c).any(-1).float().mean().item()
-    print(f"| quantity | value | limit |\n|---|---|---|")
+    print("| quantity | value | limit |\n|---|---|---|")
     for name, val, lim in [("RGB MAD", rgb_mad, 1e-3), ("alpha MAD", alpha_mad, 1e-3),
                            ("depth MAD", depth_mad, 1e-3 * max(depth_ref, 1e-6)),
                            ("fraction radii differ", radii_diff, 1e-2)]:

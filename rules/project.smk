@@ -7,6 +7,7 @@ rule project:
         manifest="work/{scene}/manifest.json",
     output:
         images=directory("work/{scene}/images"),
+        masks=directory("work/{scene}/masks"),
         views="work/{scene}/views.json",
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "project"),

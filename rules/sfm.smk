@@ -6,6 +6,7 @@
 rule sfm_extract:
     input:
         images="work/{scene}/images",
+        masks="work/{scene}/masks",
         views="work/{scene}/views.json",
     output:
         features="work/{scene}/colmap/features.db",

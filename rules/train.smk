@@ -7,6 +7,7 @@ rule train:
     input:
         aligned="work/{scene}/aligned",
         images="work/{scene}/images",
+        masks="work/{scene}/masks",
         views="work/{scene}/views.json",
     output:
         splat="work/{scene}/splat/splat.ply",

@@ -54,7 +54,9 @@ median altitude of the images that have one (0.0 if none has), flagged ``"alt_fi
 
 Extra manifest keys beyond the ``docs/formats.md`` example (additive, readers may ignore them):
 ``timestamp_source`` (``"exif_datetime_original"``, ``"gps_utc"`` or ``null``), ``alt_filled``
-(bool) per image, and ``options`` (the options used) at the top level.
+(bool), ``heading_deg`` / ``heading_ref`` (EXIF ``GPSImgDirection`` / ``GPSImgDirectionRef``, or
+``null``) and ``gpano_pose_deg`` (GPano pose heading/pitch/roll, or ``null``) per image, and
+``options`` (the options used) at the top level.
 """
 
 from __future__ import annotations
@@ -300,6 +302,23 @@ def _parse_gps(gps: dict) -> tuple[float, float, float | None] | str:
     return lat, lon, alt
 
 
+def _parse_heading(gps: dict) -> tuple[float | None, str | None]:
+    """EXIF ``GPSImgDirection`` (degrees clockwise from north of the image's centre direction,
+    EXIF 2.32 tag 0x0011) and its ``GPSImgDirectionRef`` (``"T"`` true north, ``"M"`` magnetic).
+
+    Returns ``(heading in [0, 360) degrees or None, ref or None)``; a missing, non-finite or
+    out-of-range value (EXIF allows 0.00 to 359.99) gives ``(None, None)``.
+    """
+    G = piexif.GPSIFD
+    if G.GPSImgDirection not in gps:
+        return None, None
+    h = _rational(gps[G.GPSImgDirection])
+    if h is None or not math.isfinite(h) or not 0.0 <= h <= 360.0:
+        return None, None
+    ref = _text(gps.get(G.GPSImgDirectionRef))
+    return float(h % 360.0), (ref.upper() if ref and ref.upper() in ("T", "M") else None)
+
+
 def _parse_timestamp(exif: dict) -> tuple[str | None, str | None]:
     """ISO 8601 timestamp and its source.
 
@@ -357,6 +376,21 @@ def _gpano(xmp: bytes | str | None) -> dict[str, str]:
         if m:
             out["ProjectionType"] = m.group(1).decode()
     return out
+
+
+def _gpano_pose(gp: dict[str, str]) -> dict[str, float] | None:
+    """GPano ``PoseHeadingDegrees`` / ``PosePitchDegrees`` / ``PoseRollDegrees`` (the panorama's
+    orientation when it was stitched; Google Photo Sphere XMP) as floats, None when absent.
+    A camera that writes zeros (the GoPro MAX does) is levelled but says nothing of its heading."""
+    out = {}
+    for key, name in (("PoseHeadingDegrees", "heading"), ("PosePitchDegrees", "pitch"), ("PoseRollDegrees", "roll")):
+        try:
+            v = float(gp[key])
+        except (KeyError, ValueError):
+            continue
+        if math.isfinite(v):
+            out[name] = v
+    return out or None
 
 
 _MAGIC_HINTS = (
@@ -468,6 +502,9 @@ def _read_one(path: Path, opts: IngestOptions) -> _Read:
         "focal_length_mm": flen if flen and flen > 0 and math.isfinite(flen) else None,
         "focal_length_35mm": int(f35) if isinstance(f35, int) and f35 > 0 else None,
         "alt_filled": False,
+        "heading_deg": None,
+        "heading_ref": None,
+        "gpano_pose_deg": _gpano_pose(gp),
     }
     gps = exif_error or _parse_gps(exif.get("GPS", {}))
     if isinstance(gps, str):
@@ -475,6 +512,7 @@ def _read_one(path: Path, opts: IngestOptions) -> _Read:
             return _Read(reason=gps)
         return _Read(record=rec, gps_reason=gps)
     rec["lat"], rec["lon"], rec["alt"] = gps
+    rec["heading_deg"], rec["heading_ref"] = _parse_heading(exif.get("GPS", {}))
     return _Read(record=rec)
 
 

@@ -91,6 +91,7 @@ centre. The focal length in pixels comes from, in order:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -106,6 +107,7 @@ import numpy as np
 from .errors import InputError
 from .io import atomic_path, read_json, write_json
 from .log import get_logger
+from .masks import MASK_WORK_WIDTH, panorama_labels, view_nadir_fraction
 from .options import build_options
 
 log = get_logger("project")
@@ -144,6 +146,16 @@ class ProjectOptions:
             ``FocalLength`` (mm) when ``FocalLengthIn35mmFilm`` is absent (default None: unknown).
         perspective_model: COLMAP camera model for perspective photos: ``"SIMPLE_RADIAL"``
             (default, params ``[f, cx, cy, k=0]``) or ``"PINHOLE"`` (``[f, f, cx, cy]``).
+        sky_mask: panoramas only: detect the sky (:func:`splatforge_core.masks.sky_mask`)
+            and leave it out of SfM feature extraction (drifting clouds pulled SfM's
+            translations 70-100 degrees off on a real GoPro walk). Default True.
+        nadir_mask_deg: panoramas only: angular radius around straight down, degrees in
+            [0, 90], where the camera operator is (left out of SfM features, the training
+            loss and held-out metrics). Default 45: on the real GoPro MAX walk the
+            operator's head reaches latitude -47.6 deg (radius 42.4 deg). 0 = no operator
+            mask (tripod shots, synthetic captures).
+        max_view_masked_fraction: a view with more than this fraction of its pixels in the
+            nadir cap is not made at all (it would see only the operator). Default 0.95.
     """
 
     azimuths_deg: tuple[float, ...] | None = None
@@ -158,6 +170,9 @@ class ProjectOptions:
     default_fov_deg: float = 60.0
     sensor_width_mm: float | None = None
     perspective_model: str = "SIMPLE_RADIAL"
+    sky_mask: bool = True
+    nadir_mask_deg: float = 45.0
+    max_view_masked_fraction: float = 0.95
 
     def __post_init__(self) -> None:
         def num(x) -> bool:
@@ -175,7 +190,8 @@ class ProjectOptions:
             raise InputError(f"project option 'num_azimuths' must be an integer >= 1, got {self.num_azimuths!r}")
         el = tuple(self.elevations_deg) if isinstance(self.elevations_deg, (list, tuple)) else None
         if not el or not all(num(e) and -90 <= e <= 90 for e in el):
-            raise InputError(f"project option 'elevations_deg' must be a non-empty list of numbers in [-90, 90], got {self.elevations_deg!r}")
+            raise InputError("project option 'elevations_deg' must be a non-empty list of numbers in [-90, 90], "
+                             f"got {self.elevations_deg!r}")
         object.__setattr__(self, "elevations_deg", tuple(float(e) for e in el))
         if not num(self.fov_deg) or not 0 < self.fov_deg < 180:
             raise InputError(f"project option 'fov_deg' must be a number in (0, 180), got {self.fov_deg!r}")
@@ -195,8 +211,16 @@ class ProjectOptions:
             raise InputError(f"project option 'default_fov_deg' must be a number in (0, 180), got {self.default_fov_deg!r}")
         if self.sensor_width_mm is not None and (not num(self.sensor_width_mm) or self.sensor_width_mm <= 0):
             raise InputError(f"project option 'sensor_width_mm' must be a positive number or null, got {self.sensor_width_mm!r}")
+        if not isinstance(self.sky_mask, bool):
+            raise InputError(f"project option 'sky_mask' must be true or false, got {self.sky_mask!r}")
+        if not num(self.nadir_mask_deg) or not 0 <= self.nadir_mask_deg <= 90:
+            raise InputError(f"project option 'nadir_mask_deg' must be a number in [0, 90] (degrees), got {self.nadir_mask_deg!r}")
+        if not num(self.max_view_masked_fraction) or not 0 < self.max_view_masked_fraction <= 1:
+            raise InputError("project option 'max_view_masked_fraction' must be a number in (0, 1], "
+                             f"got {self.max_view_masked_fraction!r}")
         if self.perspective_model not in PERSPECTIVE_MODELS:
-            raise InputError(f"project option 'perspective_model' must be one of {list(PERSPECTIVE_MODELS)}, got {self.perspective_model!r}")
+            raise InputError(f"project option 'perspective_model' must be one of {list(PERSPECTIVE_MODELS)}, "
+                             f"got {self.perspective_model!r}")
         # fail early on layouts that are empty or name-ambiguous
         view_layout(self)
 
@@ -379,6 +403,13 @@ def view_layout(options: dict | ProjectOptions | None = None) -> list[View]:
     if unknown:
         raise InputError(f"project option 'drop_views' names unknown views {unknown}; views are {sorted(all_names)}")
     views = [v for v in views if v.name not in set(opts.drop_views)]
+    if opts.nadir_mask_deg > 0:
+        inside = [v for v in views if view_nadir_fraction(v.cam_from_rig, v.K, v.size, v.size, opts.nadir_mask_deg,
+                                                          step=max(v.size // 64, 1)) > opts.max_view_masked_fraction]
+        if inside:
+            log.info("views %s see only the nadir cap of %.0f deg (the operator): not made",
+                     [v.name for v in inside], opts.nadir_mask_deg)
+        views = [v for v in views if v not in inside]
     if not views:
         raise InputError("project options leave no view (min_elevation_deg / drop_views drop them all)")
     return views
@@ -529,11 +560,32 @@ def project_equirect(image: np.ndarray, maps: Sequence[ViewMap]) -> Iterable[np.
 # per-panorama work (runs in the pool workers)
 
 _WORKER: dict[str, Any] = {}
+_MASK_FRACTIONS: dict[str, dict[str, float]] = {}
 
 
-def _worker_init(views: list[View], jpeg_quality: int) -> None:
+def _worker_init(views: list[View], jpeg_quality: int, opts: ProjectOptions | None = None,
+                 mask_dir: str | None = None) -> None:
     _WORKER["views"] = views
     _WORKER["jpeg_quality"] = jpeg_quality
+    _WORKER["opts"] = opts
+    _WORKER["mask_dir"] = mask_dir
+
+
+def _write_view_masks(img: np.ndarray, stem: str) -> dict[str, float]:
+    """Label image of one panorama (:mod:`splatforge_core.masks`) resampled into every view
+    (nearest label) and written as ``{mask_dir}/{view}/{stem}.png``; returns label fractions."""
+    opts: ProjectOptions = _WORKER["opts"]
+    views: list[View] = _WORKER["views"]
+    labels = panorama_labels(img, opts.sky_mask, opts.nadir_mask_deg, MASK_WORK_WIDTH)
+    maps = sampling_maps(views, labels.shape[1], labels.shape[0])
+    counts = np.zeros(3)
+    for view, m in zip(views, maps):
+        out = cv2.remap(labels, m.map1, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_WRAP)
+        dst = os.path.join(_WORKER["mask_dir"], view.name, f"{stem}.png")
+        if not cv2.imwrite(dst, out, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise OSError(f"{dst}: cv2.imwrite failed")
+        counts += np.bincount(out.ravel(), minlength=3)[:3]
+    return {"sky": counts[1] / counts.sum(), "operator": counts[2] / counts.sum()}
 
 
 def _process_panorama(task: tuple[str, str, str]) -> dict[str, float]:
@@ -563,27 +615,35 @@ def _process_panorama(task: tuple[str, str, str]) -> dict[str, float]:
         for i in range(2):
             remap[i] += tb[i] - ta[i]
             enc[i] += tc[i] - tb[i]
+    tm = time.perf_counter()
+    if _WORKER.get("mask_dir"):
+        fr = _write_view_masks(img, stem)
+        _MASK_FRACTIONS[stem] = fr
+    mask_s = time.perf_counter() - tm
     return {
+        "mask_s": mask_s,
         "decode_s": t1[0] - t0[0], "maps_s": t2[0] - t1[0], "remap_s": remap[0], "encode_write_s": enc[0],
         "decode_cpu_s": t1[1] - t0[1], "remap_cpu_s": remap[1], "encode_write_cpu_s": enc[1],
     }
 
 
 def _run_panoramas(tasks: list[tuple[str, str, str]], views: list[View], opts: ProjectOptions,
-                   sizes: set[tuple[int, int]]) -> dict[str, float]:
+                   sizes: set[tuple[int, int]], mask_dir: str | None = None) -> dict[str, float]:
     from tqdm import tqdm
 
     workers = min(opts.workers or os.cpu_count() or 1, max(len(tasks), 1))
-    totals = dict.fromkeys(("decode_s", "maps_s", "remap_s", "encode_write_s",
+    totals = dict.fromkeys(("decode_s", "maps_s", "remap_s", "encode_write_s", "mask_s",
                             "decode_cpu_s", "remap_cpu_s", "encode_write_cpu_s"), 0.0)
     t0 = time.perf_counter()
     for w, h in sorted(sizes):  # fill the sampling-map cache once, timed apart from the panoramas
         sampling_maps(views, w, h)
+    if mask_dir:
+        sampling_maps(views, MASK_WORK_WIDTH, MASK_WORK_WIDTH // 2)
     totals["maps_s"] = time.perf_counter() - t0
     bar = tqdm(total=len(tasks), desc="project", unit="pano", disable=None)
     old_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # parallel across panoramas, not inside OpenCV calls
-    _worker_init(views, opts.jpeg_quality)
+    _worker_init(views, opts.jpeg_quality, opts, mask_dir)
     try:
         if workers <= 1:
             results = map(_process_panorama, tasks)
@@ -664,6 +724,7 @@ def main(
     images_dir: str | os.PathLike,
     views_path: str | os.PathLike,
     options: dict | ProjectOptions | None = None,
+    masks_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Project the panoramas of ``manifest.json`` into pinhole views; write ``images_dir`` and ``views.json``.
 
@@ -673,6 +734,12 @@ def main(
             for panoramas, symbolic links ``{name}`` -> original for perspective photos.
         views_path: output ``views.json`` (written atomically after ``images_dir``).
         options: :class:`ProjectOptions` or a plain dict of its fields.
+        masks_dir: output folder for the views' label masks (:mod:`splatforge_core.masks`:
+            0 valid, 1 sky, 2 operator; ``{view}/{frame}.png``, uint8, the view's size),
+            replaced as a whole; made only for panoramas and only when ``sky_mask`` or
+            ``nadir_mask_deg`` asks for one (else it is left empty). None: no masks.
+            ``views.json`` then has ``mask_dir`` and each panorama frame ``masks``
+            (view -> file relative to ``mask_dir``) and ``mask_fractions`` (sky, operator).
 
     Returns:
         The ``views.json`` content as written, plus (not written) ``"timing"``: seconds summed
@@ -728,7 +795,15 @@ def main(
     frames: list[dict] = []
     images_dir = Path(images_dir)
     timing: dict[str, float] = {}
-    with atomic_path(images_dir, suffix="") as tmp:
+    want_masks = masks_dir is not None and bool(pano_recs) and (opts.sky_mask or opts.nadir_mask_deg > 0)
+    mask_ctx = atomic_path(Path(masks_dir), suffix="") if masks_dir is not None else contextlib.nullcontext(None)
+    _MASK_FRACTIONS.clear()
+    with mask_ctx as mask_tmp, atomic_path(images_dir, suffix="") as tmp:
+        if mask_tmp is not None:
+            mask_tmp.mkdir()
+            if want_masks:
+                for v in views:
+                    (mask_tmp / v.name).mkdir()
         tmp.mkdir()
         tasks = []
         if pano_recs:
@@ -739,7 +814,9 @@ def main(
             tasks.append((str(rec["path"]), stem, str(tmp)))
             frames.append({
                 "frame": stem, "source": rec["name"], "kind": "equirectangular", "enu": rec.get("enu"),
+                "heading_deg": rec.get("heading_deg"),
                 "images": {v.name: f"{v.name}/{stem}.jpg" for v in views},
+                **({"masks": {v.name: f"{v.name}/{stem}.png" for v in views}} if want_masks else {}),
             })
         for rec in persp_recs:
             src = Path(rec["path"])
@@ -749,17 +826,21 @@ def main(
             cameras.append(perspective_camera(rec, opts))
             frames.append({
                 "frame": Path(rec["name"]).stem, "source": rec["name"], "kind": "perspective",
-                "enu": rec.get("enu"), "images": {rec["name"]: rec["name"]},
+                "enu": rec.get("enu"), "heading_deg": rec.get("heading_deg"), "images": {rec["name"]: rec["name"]},
             })
         if tasks:
             for t in tasks:
                 if not os.path.isfile(t[0]):
                     raise InputError(f"{t[0]}: panorama listed in {manifest_path} does not exist")
-            timing = _run_panoramas(tasks, views, opts, sizes)
+            timing = _run_panoramas(tasks, views, opts, sizes, str(mask_tmp) if want_masks else None)
+    for fr in frames:
+        if fr["frame"] in _MASK_FRACTIONS:
+            fr["mask_fractions"] = _MASK_FRACTIONS[fr["frame"]]
     out = {
         "schema_version": SCHEMA_VERSION,
         "camera_kind": manifest.get("camera_kind"),
         "image_dir": str(images_dir),
+        **({"mask_dir": str(masks_dir)} if want_masks else {}),
         "cameras": cameras,
         "frames": frames,
         "options": opts.to_dict(),

@@ -115,12 +115,17 @@ def test_options_reject_unknown_and_bad_values():
 def test_panoramas_held_out_whole(tmp_path):
     p = make_synthetic_scene(tmp_path, n_cameras=18, width=32, height=24, n_gaussians=500, n_points=100,
                              views_per_frame=2)
-    sc = load_scene(p["aligned"], p["images"], p["views"], eval_every_n=8)
-    # 9 frames sorted by name: pano_0000 and pano_0008 held out, each with both views
+    # 9 frames sorted by name: the Mip-NeRF 360 protocol (offset 0) holds out pano_0000 and
+    # pano_0008, each with both views
+    sc = load_scene(p["aligned"], p["images"], p["views"], eval_every_n=8, eval_offset=0)
     assert sc.test_frames == ["pano_0000", "pano_0008"]
     assert sorted(v.name for v in sc.test) == ["v0/pano_0000.png", "v0/pano_0008.png",
                                                "v1/pano_0000.png", "v1/pano_0008.png"]
     assert len(sc.train) == 14 and not {v.frame for v in sc.train} & set(sc.test_frames)
+    # the default holds out an interior frame (index min(8 // 2, (9 - 1) // 2) = 4), never an end
+    sc = load_scene(p["aligned"], p["images"], p["views"], eval_every_n=8)
+    assert sc.test_frames == ["pano_0004"]
+    assert sorted(v.name for v in sc.test) == ["v0/pano_0004.png", "v1/pano_0004.png"]
 
 
 def test_downscale_scales_intrinsics(scene):
@@ -147,7 +152,7 @@ def test_training_improves_heldout_psnr(scene, tmp_path):
               "sh_degree_interval": 50, "seed": 1, "sky_points": 300})
     first, last = m["evals"][0], m["final"]
     assert m["evals"][0]["step"] == 1 and m["evals"][-1]["step"] == 150
-    assert m["n_test_views"] == 2 and m["test_images"] == ["img_0000.png", "img_0008.png"]
+    assert m["n_test_views"] == 2 and m["test_images"] == ["img_0004.png", "img_0012.png"]  # interior frames
     assert last["psnr"] > first["psnr"] + 3.0, m["evals"]
     assert last["psnr"] > 20.0 and 0 < last["ssim"] <= 1
     assert "lpips" not in last or np.isfinite(last["lpips"])

@@ -62,6 +62,11 @@ class AlignOptions:
         collinear_ratio: the positions are on one line when their second principal spread
             is below this fraction of the first. Default 0.02.
         random_seed: seed of the RANSAC sampling. Default 0.
+        heading_tolerance_deg: the aligned frames' yaw (the rig's forward ``+z`` axis, or
+            the photo's optical axis, in degrees clockwise from north) is checked against the
+            EXIF ``GPSImgDirection`` where the photos carry one; a frame whose yaw differs by
+            more than this many degrees is reported and logged as a warning. Default 30
+            (consumer compasses and motion-derived headings: 5-20 degrees); None = no check.
     """
 
     up_prior: str = "auto"
@@ -70,8 +75,11 @@ class AlignOptions:
     min_distinct_m: float = 0.5
     collinear_ratio: float = 0.02
     random_seed: int = 0
+    heading_tolerance_deg: float | None = 30.0
 
     def __post_init__(self) -> None:
+        if self.heading_tolerance_deg is not None and not 0 < self.heading_tolerance_deg <= 180:
+            raise ValueError(f"heading_tolerance_deg must be in (0, 180] or null, got {self.heading_tolerance_deg!r}")
         if self.up_prior not in UP_PRIORS:
             raise ValueError(f"up_prior must be one of {UP_PRIORS}, got {self.up_prior!r}")
         if self.max_error_m <= 0 or self.min_positions < 3:
@@ -196,10 +204,13 @@ def distinct_positions(x: np.ndarray, tol: float) -> np.ndarray:
 
 
 def frame_centres(rec: pycolmap.Reconstruction, views: dict) -> list[dict]:
-    """Per registered views.json frame: SfM centre (3,), SfM up vector (3,), image names.
+    """Per registered views.json frame: SfM centre (3,), up (3,) and forward (3,) vectors, image names.
 
     The centre is the mean of the registered images' projection centres (identical for the
-    views of one rig); the up vector is ``R_cam_from_world^T R_cam_from_rig (0, -1, 0)``.
+    views of one rig); the up vector is ``R_cam_from_world^T R_cam_from_rig (0, -1, 0)`` and
+    the forward vector (the rig's ``+z``: the panorama's centre column, or the photo's optical
+    axis) ``R_cam_from_world^T R_cam_from_rig (0, 0, 1)``, both averaged over the frame's
+    images and normalised.
     """
     by_name = {im.name: im for im in rec.images.values() if im.has_pose}
     out = []
@@ -207,18 +218,69 @@ def frame_centres(rec: pycolmap.Reconstruction, views: dict) -> list[dict]:
         ims = [(v, by_name[n]) for v, n in fr["images"].items() if n in by_name]
         if not ims:
             continue
-        centres, ups = [], []
+        centres, ups, fwds = [], [], []
         for v, im in ims:
             pose = im.cam_from_world()
             r = np.asarray(pose.rotation.matrix())
             centres.append(np.asarray(im.projection_center()).reshape(3))
             r_cam_from_rig = np.asarray(views["camera_by_view"][v]["cam_from_rig"]["rotation"], dtype=np.float64)
             ups.append(r.T @ (r_cam_from_rig @ np.array([0.0, -1.0, 0.0])))
-        up = np.mean(ups, axis=0)
+            fwds.append(r.T @ (r_cam_from_rig @ np.array([0.0, 0.0, 1.0])))
+        up, fwd = np.mean(ups, axis=0), np.mean(fwds, axis=0)
         out.append({"frame": fr["frame"], "source": fr.get("source"), "enu": fr.get("enu"),
+                    "heading_deg": fr.get("heading_deg"),
                     "images": [im.name for _, im in ims], "centre": np.mean(centres, axis=0),
-                    "up": up / np.linalg.norm(up), "rig": is_rig_frame(fr)})
+                    "up": up / np.linalg.norm(up), "forward": fwd / np.linalg.norm(fwd), "rig": is_rig_frame(fr)})
     return out
+
+
+def wrap_deg(a):
+    """Angles in degrees wrapped to [-180, 180) (scalar or array)."""
+    return (np.asarray(a, dtype=np.float64) + 180.0) % 360.0 - 180.0
+
+
+def yaw_deg(forward_enu: np.ndarray) -> np.ndarray:
+    """Yaw of ENU direction vectors ``[..., 3]``: degrees clockwise from north in [0, 360)
+    (the compass convention of EXIF ``GPSImgDirection``): ``atan2(east, north)``."""
+    f = np.asarray(forward_enu, dtype=np.float64)
+    return np.degrees(np.arctan2(f[..., 0], f[..., 1])) % 360.0
+
+
+def heading_check(frames: list[dict], forward_enu: np.ndarray, tolerance_deg: float | None) -> dict | None:
+    """Compare the aligned frames' yaw with their EXIF heading (``GPSImgDirection``).
+
+    Args:
+        frames: :func:`frame_centres` records (``heading_deg`` may be None).
+        forward_enu: ``[N, 3]`` the frames' forward vectors in ENU (after alignment).
+        tolerance_deg: a frame whose yaw differs from its heading by more than this is
+            flagged (``None``: report only).
+
+    Returns:
+        None when no frame has a heading; else ``num_frames``, ``median_abs_diff_deg``,
+        ``max_abs_diff_deg``, ``offset_deg`` (circular mean of the differences: a constant
+        offset means the camera's heading refers to another direction than the panorama
+        centre), ``median_abs_diff_after_offset_deg``, ``tolerance_deg``, ``disagreeing``
+        (frame names) and ``frames`` (``frame``, ``yaw_deg``, ``exif_heading_deg``,
+        ``diff_deg`` = yaw - heading wrapped to [-180, 180)).
+    """
+    rows = [(f["frame"], float(y), float(f["heading_deg"]))
+            for f, y in zip(frames, yaw_deg(forward_enu)) if f.get("heading_deg") is not None]
+    if not rows:
+        return None
+    diff = wrap_deg([y - h for _, y, h in rows])
+    offset = float(np.degrees(np.angle(np.mean(np.exp(1j * np.radians(diff))))))
+    bad = [r[0] for r, d in zip(rows, diff) if tolerance_deg is not None and abs(d) > tolerance_deg]
+    return {
+        "num_frames": len(rows),
+        "median_abs_diff_deg": float(np.median(np.abs(diff))),
+        "max_abs_diff_deg": float(np.max(np.abs(diff))),
+        "offset_deg": offset,
+        "median_abs_diff_after_offset_deg": float(np.median(np.abs(wrap_deg(diff - offset)))),
+        "tolerance_deg": tolerance_deg,
+        "disagreeing": bad,
+        "frames": [{"frame": n, "yaw_deg": y, "exif_heading_deg": h, "diff_deg": float(d)}
+                   for (n, y, h), d in zip(rows, diff)],
+    }
 
 
 def main(
@@ -240,7 +302,8 @@ def main(
             ``num_frames``, ``num_registered_frames``, ``num_inliers``, ``residuals`` (per
             frame: ``frame``, ``images``, ``enu_gps``, ``enu_sfm``, ``residual_m``,
             ``horizontal_m``, ``vertical_m``, ``inlier``), ``median_residual_m``,
-            ``max_residual_m``, ``unregistered_frames``, ``degenerate_line`` and, with
+            ``max_residual_m``, ``unregistered_frames``, ``degenerate_line``,
+            ``heading_check`` (:func:`heading_check`; None without EXIF headings) and, with
             ``ground_truth``, ``ground_truth_error`` (``median_m``, ``max_m``, per frame).
         options: :class:`AlignOptions` or a dict of its fields.
         ground_truth: optional frame name (or frame source file name) -> true ENU position
@@ -329,6 +392,16 @@ def main(
             report["ground_truth_error"] = {"median_m": float(np.median(e)), "max_m": float(e.max()),
                                             "gps_median_m": float(np.median([x["gps_error_m"] for x in errs])),
                                             "frames": errs}
+    R_sim = m[:, :3] / sim.scale
+    heading = heading_check(with_gps, np.array([R_sim @ f["forward"] for f in with_gps]).reshape(-1, 3),
+                            opts.heading_tolerance_deg)
+    report["heading_check"] = heading
+    if heading and heading["disagreeing"]:
+        log.warning("align: the aligned yaw of %d of %d frame(s) differs from their EXIF GPSImgDirection by more "
+                    "than %.0f deg (median %.1f, max %.1f deg; e.g. %s): the SfM rotations or the camera's "
+                    "heading are wrong; see heading_check in the alignment report",
+                    len(heading["disagreeing"]), heading["num_frames"], opts.heading_tolerance_deg,
+                    heading["median_abs_diff_deg"], heading["max_abs_diff_deg"], heading["disagreeing"][:5])
     aligned = pycolmap.Reconstruction(rec)
     aligned.transform(sim)
     with atomic_path(aligned_dir) as tmp:

@@ -57,6 +57,8 @@ class ExtractOptions:
             partition of the sphere, COLMAP masks; as ``pycolmap.panorama`` does), so every
             direction of a panorama gives features once: overlapping views carry no
             duplicate features, matching is ~4x cheaper. Default True.
+        label_masks: leave out the pixels the project stage labelled sky or operator
+            (views.json ``masks``, :mod:`splatforge_core.masks`). Default True.
     """
 
     max_image_size: int = 1600
@@ -66,6 +68,7 @@ class ExtractOptions:
     min_images: int = 3
     share_intrinsics: bool = True
     rig_masks: bool = True
+    label_masks: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -141,24 +144,56 @@ def rig_view_masks(views: dict) -> dict[str, np.ndarray]:
     return masks
 
 
-def _write_masks(views: dict, names: list[str], mask_dir: Path) -> None:
-    """Write one PNG per rig view and link ``{mask_dir}/{image name}.png`` to it (COLMAP layout)."""
+def _label_mask(views: dict, frame: dict, view: str) -> np.ndarray | None:
+    """The project stage's label mask of one view image (:mod:`splatforge_core.masks`), or None."""
     import cv2
 
-    masks = rig_view_masks(views)
-    if not masks:
-        return
+    rel = (frame.get("masks") or {}).get(view)
+    if not rel or not views.get("mask_dir"):
+        return None
+    path = Path(views["mask_dir"]) / rel
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise InputError(f"{path}: mask named in views.json is missing or unreadable; rerun the project stage")
+    return lab
+
+
+def _write_masks(views: dict, names: list[str], mask_dir: Path, rig_masks: bool = True,
+                 label_masks: bool = True) -> int:
+    """Write COLMAP feature masks ``{mask_dir}/{image name}.png`` (255 = extract features here).
+
+    A pixel is kept when it is in its view's rig Voronoi cell (:func:`rig_view_masks`, when
+    ``rig_masks``) and its label is valid (not sky, not operator: the project stage's label
+    masks, when ``label_masks`` and views.json has them). Views without label masks share
+    one PNG per view (symbolic links). Returns the number of images that got a mask.
+    """
+    import cv2
+
+    from ..masks import VALID
+
+    vor = rig_view_masks(views) if rig_masks else {}
     # Absolute link targets: a relative target would be resolved from the link's own folder.
     mask_dir = Path(mask_dir).resolve()
     (mask_dir / "_views").mkdir(parents=True)
-    for v, m in masks.items():
+    for v, m in vor.items():
         cv2.imwrite(str(mask_dir / "_views" / f"{v}.png"), m)
+    n = 0
     for fr in views["frames"]:
         for v, name in fr["images"].items():
-            if v in masks:
-                link = mask_dir / f"{name}.png"
-                link.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(mask_dir / "_views" / f"{v}.png", link)
+            lab = _label_mask(views, fr, v) if label_masks else None
+            dst = mask_dir / f"{name}.png"
+            if lab is None and v not in vor:
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if lab is None:
+                os.symlink(mask_dir / "_views" / f"{v}.png", dst)
+            else:
+                keep = lab == VALID
+                if v in vor:
+                    keep &= vor[v] > 0
+                cv2.imwrite(str(dst), keep.astype(np.uint8) * 255)
+            n += 1
+    return n
 
 
 def _device(name: str) -> pycolmap.Device:
@@ -239,8 +274,11 @@ def main(
                     db.write_image(pycolmap.Image(name=name, camera_id=view_cam[view]))
         with tempfile.TemporaryDirectory(prefix=".masks.", dir=features_path.parent) as mask_dir:
             reader = pycolmap.ImageReaderOptions()
-            if opts.rig_masks and cfg is not None:
-                _write_masks(views, names, Path(mask_dir))
+            n_masked = 0
+            if (opts.rig_masks and cfg is not None) or opts.label_masks:
+                n_masked = _write_masks(views, names, Path(mask_dir), opts.rig_masks and cfg is not None,
+                                        opts.label_masks)
+            if n_masked:
                 reader.mask_path = mask_dir
             pycolmap.extract_features(tmp, images_dir, image_names=names, reader_options=reader,
                                       extraction_options=ext, device=_device(opts.device))

@@ -8,9 +8,14 @@
 * Resolution: each image is resized (``cv2.INTER_AREA``) so that its longer side is at most
   ``max_side`` pixels (no upscaling); K is scaled with it (COLMAP pixel convention: pixel
   centres at +0.5, so ``fx, cx`` scale by ``new_w / w``).
-* Held-out split (Mip-NeRF 360 protocol): frames sorted by name, every ``eval_every_n``-th
-  frame (index % n == 0) is held out. A frame is a panorama (all its views are held out
-  together, from views.json) or a single photo.
+* Held-out split: frames sorted by name, every ``eval_every_n``-th frame is held out
+  (:func:`held_out_frame_indices`), starting at an interior frame: index ``k = min(n // 2,
+  (N - 1) // 2)``, then ``k + n``, ...; the first and last frame are never held out. On a
+  walk the first and last frames see ground and facades that no other frame sees from as
+  close (their held-out renders measure extrapolation, not the splat); the Mip-NeRF 360
+  protocol (index % n == 0, which holds out the first frame) is ``eval_offset = 0``.
+  A frame is a panorama (all its views are held out together, from views.json) or a single
+  photo.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class View:
         image: [H, W, 3] uint8 RGB, undistorted and resized.
         K: [3, 3] float32 pinhole intrinsics of ``image`` (pixels).
         viewmat: [4, 4] float32 cam_from_world (COLMAP/OpenCV axes, metres).
+        mask: [H, W] bool, True where the pixel is scene (trained on and evaluated), False on
+            the camera operator (the project stage's label masks); None: every pixel.
     """
 
     name: str
@@ -49,6 +56,7 @@ class View:
     image: np.ndarray
     K: np.ndarray
     viewmat: np.ndarray
+    mask: Optional[np.ndarray] = None
 
     @property
     def width(self) -> int:
@@ -101,6 +109,36 @@ def _frames_from_views(views_path: Optional[str | os.PathLike]) -> Dict[str, str
     return out
 
 
+def _masks_from_views(views_path: Optional[str | os.PathLike]) -> Dict[str, Path]:
+    """Map image name -> label mask file (views.json ``mask_dir`` + frame ``masks``); {} if none."""
+    if views_path is None or not Path(views_path).is_file():
+        return {}
+    doc = read_json(views_path)
+    if not doc.get("mask_dir"):
+        return {}
+    out: Dict[str, Path] = {}
+    for fr in doc.get("frames") or []:
+        for view, rel in (fr.get("masks") or {}).items():
+            img = (fr.get("images") or {}).get(view)
+            if img:
+                out[str(img)] = Path(doc["mask_dir"]) / rel
+    return out
+
+
+def _load_train_mask(path: Path, shape: tuple) -> np.ndarray:
+    """[H, W] bool training mask (label != operator) of a label PNG, resized (nearest) to ``shape``."""
+    import cv2
+
+    from ..masks import OPERATOR
+
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise InputError(f"{path}: label mask named in views.json is missing or unreadable; rerun the project stage")
+    if lab.shape[:2] != tuple(shape):
+        lab = cv2.resize(lab, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return lab != OPERATOR
+
+
 def _load_image(path: Path) -> np.ndarray:
     import cv2
 
@@ -138,9 +176,38 @@ def _camera_K_and_dist(cam, model_name: str):
     return K, dist
 
 
+def held_out_frame_indices(num_frames: int, every_n: Optional[int], offset: Optional[int] = None) -> List[int]:
+    """Indices (into the frames sorted by name) of the held-out frames.
+
+    Args:
+        num_frames: N, the number of frames.
+        every_n: hold out every n-th frame; 0 or None: none.
+        offset: index of the first held-out frame. None (default): interior,
+            ``min(n // 2, (N - 1) // 2)``, and frames 0 and N - 1 are never held out (with
+            N < 3 nothing is held out). An explicit offset (0 = the Mip-NeRF 360 protocol)
+            is used as given, endpoints included (with N < 2 nothing is held out).
+
+    Returns:
+        Sorted list of indices ``offset, offset + n, ...`` below N.
+
+    Raises:
+        ValueError: negative ``every_n`` or ``offset``.
+    """
+    if every_n is not None and every_n < 0 or offset is not None and offset < 0:
+        raise ValueError(f"every_n and offset must be >= 0, got {every_n!r}, {offset!r}")
+    if not every_n or num_frames < 2:
+        return []
+    if offset is None:
+        if num_frames < 3:
+            return []
+        k = min(every_n // 2, (num_frames - 1) // 2)
+        return [i for i in range(k, num_frames - 1, every_n) if i > 0]
+    return list(range(offset, num_frames, every_n))
+
+
 def load_scene(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
                views_path: Optional[str | os.PathLike] = None, max_side: Optional[int] = None,
-               eval_every_n: int = 8) -> SceneData:
+               eval_every_n: int = 8, eval_offset: Optional[int] = None) -> SceneData:
     """Load a COLMAP model and its images for training.
 
     Args:
@@ -148,7 +215,8 @@ def load_scene(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         images_dir: folder the model's image names are relative to.
         views_path: views.json (frames = panoramas); None or missing: one frame per image.
         max_side: resize so the longer image side is <= this many pixels (None: keep).
-        eval_every_n: hold out frames with sorted index % n == 0; 0 or None: no hold-out.
+        eval_every_n: hold out every n-th frame (sorted by name); 0 or None: no hold-out.
+        eval_offset: first held-out frame index; None: interior (:func:`held_out_frame_indices`).
 
     Returns:
         :class:`SceneData`.
@@ -168,6 +236,7 @@ def load_scene(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
     except Exception as e:
         raise InputError(f"{aligned_dir}: cannot read COLMAP model ({e})") from e
     frame_of = _frames_from_views(views_path)
+    mask_of = _masks_from_views(views_path)
 
     records = []
     for image_id in sorted(rec.reg_image_ids()):
@@ -208,14 +277,16 @@ def load_scene(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
             K[1, :] *= nh / h
         vm = np.eye(4)
         vm[:3, :] = cfw
+        mask = _load_train_mask(mask_of[name], img.shape[:2]) if name in mask_of else None
+        if mask is not None and mask.all():
+            mask = None
         views.append(View(name, frame, np.ascontiguousarray(img), K.astype(np.float32),
-                          vm.astype(np.float32)))
+                          vm.astype(np.float32), mask))
 
     frames = sorted({v.frame for v in views})
-    test_frames = [f for i, f in enumerate(frames) if eval_every_n and i % eval_every_n == 0]
-    if len(frames) < 2:
-        test_frames = []
-        _LOG.warning("only one frame: nothing can be held out, no held-out evaluation")
+    test_frames = [frames[i] for i in held_out_frame_indices(len(frames), eval_every_n, eval_offset)]
+    if eval_every_n and not test_frames:
+        _LOG.warning("%d frame(s): nothing can be held out, no held-out evaluation", len(frames))
     test_set = set(test_frames)
     train = [v for v in views if v.frame not in test_set]
     test = [v for v in views if v.frame in test_set]

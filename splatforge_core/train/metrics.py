@@ -22,9 +22,18 @@ from ..io import atomic_path
 __all__ = ["psnr", "ssim", "try_load_lpips", "save_comparison_png", "save_curve_png"]
 
 
-def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    """PSNR in dB of images in [0, 1]; pred, gt: [..., H, W, 3] float. 10 log10(1 / MSE)."""
-    mse = torch.mean((pred.clamp(0, 1) - gt) ** 2).item()
+def psnr(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of images in [0, 1]; pred, gt: [..., H, W, 3] float. 10 log10(1 / MSE).
+
+    mask: optional [..., H, W, 1] bool (or 0/1 float): the MSE is taken over the pixels where
+    it is true only (masked pixels, e.g. the camera operator, do not count).
+    """
+    err = (pred.clamp(0, 1) - gt) ** 2
+    if mask is None:
+        mse = torch.mean(err).item()
+    else:
+        m = mask.to(err.dtype).expand_as(err)
+        mse = (torch.sum(err * m) / torch.clamp(m.sum(), min=1.0)).item()
     return float("inf") if mse <= 0 else float(-10.0 * np.log10(mse))
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import random
 import time
@@ -108,6 +107,9 @@ class TrainOptions:
     oom_tiers: CUDA out-of-memory fallbacks, tried in order: ``[prune_opa, max_gaussians]``
         each; training restarts from the last checkpoint with that culling.
     eval_every_n: hold out every n-th frame (8; 0 = no hold-out).
+    eval_offset: index of the first held-out frame (frames sorted by name); None (default):
+        an interior frame, and never the first or last (:func:`~.data.held_out_frame_indices`);
+        0: the Mip-NeRF 360 protocol (which holds out the first frame of a walk).
     eval_steps: steps (completed) at which held-out views are evaluated, besides the end;
         None -> [iterations // 2].
     n_eval_images: held-out views shown in renders.png (3).
@@ -154,6 +156,7 @@ class TrainOptions:
     oom_tiers: List[List[float]] = field(default_factory=lambda: [[0.01, 3_000_000], [0.02, 1_500_000],
                                                                   [0.05, 750_000]])
     eval_every_n: int = 8
+    eval_offset: Optional[int] = None
     eval_steps: Optional[List[int]] = None
     n_eval_images: int = 3
     checkpoint_every: int = 500
@@ -193,6 +196,7 @@ class TrainOptions:
         pos_int("checkpoint_every", self.checkpoint_every)
         pos_int("keep_checkpoints", self.keep_checkpoints)
         pos_int("eval_every_n", self.eval_every_n, allow_zero=True)
+        pos_int("eval_offset", self.eval_offset, allow_none=True, allow_zero=True)
         pos_int("n_eval_images", self.n_eval_images, allow_zero=True)
         pos_int("max_gaussians", self.max_gaussians, allow_none=True)
         pos_int("cpu_max_gaussians", self.cpu_max_gaussians)
@@ -613,6 +617,12 @@ class Trainer:
     def _gt(self, view: View) -> torch.Tensor:
         return torch.from_numpy(view.image).to(self.device).float().div_(255.0)
 
+    def _mask(self, view: View) -> Optional[torch.Tensor]:
+        """[1, H, W, 1] bool scene mask of a view (False on the operator), or None."""
+        if view.mask is None:
+            return None
+        return torch.from_numpy(view.mask).to(self.device)[None, :, :, None]
+
     def _next_view(self) -> View:
         if not self.order:
             self.order = [int(i) for i in self.np_rng.permutation(len(self.scene.train))]
@@ -628,8 +638,10 @@ class Trainer:
 
     # ---- evaluation -------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, images: bool = False) -> Dict[str, Any]:
-        views = self.scene.test
+    def evaluate(self, images: bool = False, views: Optional[List[View]] = None, log_name: str = "held-out") -> Dict[str, Any]:
+        """PSNR/SSIM (and LPIPS when available) over ``views`` (default: the held-out views),
+        pixels of the operator mask left out; ``images`` writes ``renders.png``."""
+        views = self.scene.test if views is None else views
         rec: Dict[str, Any] = {"step": self.step, "num_gaussians": int(len(self.params["means"])),
                                "n_views": len(views)}
         if not views:
@@ -642,19 +654,22 @@ class Trainer:
                                     else self._sh_degree_now(), bg)
             pred = img[..., :3].clamp(0, 1)
             gt = self._gt(v)[None]
-            ps.append(psnr(pred, gt))
+            m = self._mask(v)
+            if m is not None:  # the operator is not scene: no error there (PSNR over scene pixels)
+                gt = torch.where(m, gt, pred)
+            ps.append(psnr(pred, gt, m))
             ss.append(float(ssim(pred, gt)))
             if self.lpips_fn is not None:
                 ls.append(self.lpips_fn(pred, gt))
             if images and i in pick:
-                pairs.append((f"{v.name} ({ps[-1]:.2f} dB)", pred[0].cpu().numpy(), gt[0].cpu().numpy()))
+                pairs.append((f"{v.name} ({ps[-1]:.2f} dB)", pred[0].cpu().numpy(), self._gt(v).cpu().numpy()))
         rec.update(psnr=float(np.mean(ps)), ssim=float(np.mean(ss)),
                    per_view={v.name: {"psnr": p, "ssim": s} for v, p, s in zip(views, ps, ss)})
         if ls:
             rec["lpips"] = float(np.mean(ls))
         if pairs:
             save_comparison_png(self.out_dir / "renders.png", pairs)
-        _LOG.info("step %d: held-out PSNR %.2f dB, SSIM %.4f over %d views", self.step, rec["psnr"],
+        _LOG.info("step %d: %s PSNR %.2f dB, SSIM %.4f over %d views", self.step, log_name, rec["psnr"],
                   rec["ssim"], len(views))
         return rec
 
@@ -678,6 +693,9 @@ class Trainer:
                     bg = None
                 img, _, info = self.render(view, self._sh_degree_now(), bg)
                 pred = img[..., :3]
+                m = self._mask(view)
+                if m is not None:  # masked loss: no gradient from the operator's pixels
+                    gt = torch.where(m, gt, pred.detach())
                 self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, self.step, info)
                 l1 = torch.abs(pred - gt).mean()
                 loss = (1 - o.ssim_lambda) * l1 + o.ssim_lambda * (1 - ssim(pred, gt))
@@ -703,7 +721,7 @@ class Trainer:
                 self.train_seconds += now - t_last
                 t_last = now
                 if self.step % o.log_every == 0 or self.step == self.iterations:
-                    p = psnr(pred.detach(), gt)
+                    p = psnr(pred.detach(), gt, m)
                     n = int(len(self.params["means"]))
                     self.history["step"].append(self.step)
                     self.history["loss"].append(float(loss.detach()))
@@ -766,7 +784,8 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
     out_dir.mkdir(parents=True, exist_ok=True)
     max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
     t0 = time.perf_counter()
-    scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_every_n=opts.eval_every_n)
+    scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_every_n=opts.eval_every_n,
+                       eval_offset=opts.eval_offset)
     if not scene.train:
         raise InputError(f"{aligned_dir}: no training views left after holding out every "
                          f"{opts.eval_every_n}th frame")
@@ -810,6 +829,8 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
             tr.tier = max(tr.tier, tier)
             tr._apply_tier()
 
+    # how well the splat fits the views it was trained on (a pose or data problem shows here first)
+    final_train = tr.evaluate(views=scene.train, log_name="training-view")
     p = tr.params
     sh_degree = tr.trained_sh_degree()
     write_splat_ply(ply_path, p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"],
@@ -845,12 +866,16 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         "test_images": [v.name for v in scene.test],
         "scene_scale_m": scene.scene_scale,
         "final": {k: final[k] for k in ("psnr", "ssim", "lpips") if k in final},
+        "final_train_views": {k: final_train[k] for k in ("psnr", "ssim") if k in final_train},
         "evals": [{k: e[k] for k in ("step", "psnr", "ssim", "lpips", "num_gaussians", "n_views") if k in e}
                   for e in evals],
         "final_per_view": final.get("per_view", {}),
         "lpips_note": tr.lpips_note,
-        "eval_note": ("held-out: every %dth frame (Mip-NeRF 360 protocol; panoramas held out whole)"
-                      % opts.eval_every_n) if scene.test else "no held-out views (too few frames or eval_every_n=0)",
+        "eval_note": (f"held-out: every {opts.eval_every_n}th frame from "
+                      + ("an interior frame, never the first or last" if opts.eval_offset is None
+                         else f"frame index {opts.eval_offset}")
+                      + f" (frames {', '.join(scene.test_frames)}; panoramas held out whole)")
+        if scene.test else "no held-out views (too few frames or eval_every_n=0)",
         "train_seconds": tr.train_seconds,
         "nonfinite_grad_gaussians": tr.nonfinite_grads,
         "sec_per_iter": tr.train_seconds / max(1, tr.step),

@@ -144,6 +144,7 @@ def test_missing_model_is_input_error(tmp_path):
 # ---------------------------------------------------------------- training ----------------------
 
 
+@pytest.mark.slow  # 150 steps + 2 evaluations: 5.6 s on a quiet 2-core machine, 18-39 s when it is shared
 def test_training_improves_heldout_psnr(scene, tmp_path):
     out = tmp_path / "splat"
     ply = tmp_path / "res" / "syn.ply"

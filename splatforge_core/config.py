@@ -147,7 +147,7 @@ def load_class_from_source(module: str, name: str) -> type | None:
                 elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
                     try:
                         ast.literal_eval(node.value)
-                    except ValueError:
+                    except (ValueError, TypeError, SyntaxError, RecursionError):  # not a literal constant
                         continue
                     body.append(node)
                 elif isinstance(node, ast.ClassDef) and node.name == name:

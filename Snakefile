@@ -42,5 +42,5 @@ include: "rules/publish.smk"
 # e.g. `snakemake --cores all results/lund.ply`.
 rule all:
     input:
-        expand("results/{scene}.ply", scene=[config.get("default_scene", "scene")]),
+        expand(R(".ply"), scene=[config.get("default_scene", "scene")]),
     default_target: True

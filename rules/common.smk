@@ -1,9 +1,10 @@
 # Helpers shared by every rule file.
 #
 # Paths: every artefact of a scene lives under work/{scene}/ and the finals under results/.
-# All paths are built here (scene_dir), so that a later issue can split one scene into
-# spatial clusters by inserting a {cluster} level (work/{scene}/clusters/{cluster}/...) for the
-# SfM and training rules and merging them again before export, without touching the stages.
+# Rules name them only through W() (work files) and R() (results) below, so that a later issue
+# can split one scene into spatial clusters by inserting a {cluster} level
+# (work/{scene}/clusters/{cluster}/...) for the SfM and training rules and merging them again
+# before export, by changing these helpers instead of every rule.
 
 import os
 
@@ -15,8 +16,23 @@ wildcard_constraints:
     scene="[A-Za-z0-9_.-]+",
 
 
+#: Where the demo capture is made (rule demo); not a scene, so no {scene} wildcard.
+DEMO_DIR = "work/demo"
+
+
 def scene_dir(scene):
+    """The work folder of one (concrete) scene, e.g. work/lund."""
     return f"work/{scene}"
+
+
+def W(path):
+    """Wildcard pattern of a scene's work file: W("views.json") == "work/{scene}/views.json"."""
+    return f"{scene_dir('{scene}')}/{path}"
+
+
+def R(suffix):
+    """Wildcard pattern of a scene's final output: R(".ply") == "results/{scene}.ply"."""
+    return f"results/{{scene}}{suffix}"
 
 
 def scene_input(wildcards):
@@ -36,4 +52,4 @@ def demo_ground_truth_path(wildcards):
     """ground_truth.json of the demo capture when the scene's input is the demo, else ''."""
     inp = os.path.normpath(scene_input(wildcards))
     gt = os.path.join(os.path.dirname(inp), "ground_truth.json")
-    return gt if inp == os.path.normpath("work/demo/capture/images") else ""
+    return gt if inp == os.path.normpath(f"{DEMO_DIR}/capture/images") else ""

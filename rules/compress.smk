@@ -3,17 +3,17 @@
 
 rule compress:
     input:
-        splat="work/{scene}/splat/splat.ply",
+        splat=W("splat/splat.ply"),
     output:
-        compressed="results/{scene}.compressed.ply",
-        report="results/{scene}.compressed.json",
+        compressed=R(".compressed.ply"),
+        report=R(".compressed.json"),
     params:
         preset=lambda wildcards: stage_options(wildcards.scene, "compress").get("preset", "qat-3dgs"),
         options=lambda wildcards: {k: v for k, v in stage_options(wildcards.scene, "compress").items() if k != "preset"},
     benchmark:
-        "work/{scene}/benchmarks/compress.tsv"
+        W("benchmarks/compress.tsv")
     log:
-        "work/{scene}/logs/compress.log",
+        W("logs/compress.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

@@ -5,15 +5,15 @@
 rule demo:
     output:
         # demo.main builds work/demo/capture as a whole (temp folder, then rename).
-        images=directory("work/demo/capture/images"),
-        ground_truth="work/demo/capture/ground_truth.json",
+        images=directory(f"{DEMO_DIR}/capture/images"),
+        ground_truth=f"{DEMO_DIR}/capture/ground_truth.json",
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.ground_truth),
         options=lambda wildcards: config.get("demo", {}),
     benchmark:
-        "work/demo/benchmarks/demo.tsv"
+        f"{DEMO_DIR}/benchmarks/demo.tsv"
     log:
-        "work/demo/logs/demo.log",
+        f"{DEMO_DIR}/logs/demo.log",
     conda:
         "../envs/splatforge.yaml"
     script:

@@ -3,23 +3,23 @@
 
 rule export_mesh:
     input:
-        splat="work/{scene}/splat/splat.ply",
-        aligned="work/{scene}/aligned",
+        splat=W("splat/splat.ply"),
+        aligned=W("aligned"),
     output:
-        glb="results/{scene}_mesh.glb",
-        obj="results/{scene}_mesh.obj",
-        mtl="results/{scene}_mesh.mtl",
-        texture="results/{scene}_mesh.png",
-        fbx="results/{scene}_mesh.fbx",
-        report="work/{scene}/export/export.json",
+        glb=R("_mesh.glb"),
+        obj=R("_mesh.obj"),
+        mtl=R("_mesh.mtl"),
+        texture=R("_mesh.png"),
+        fbx=R("_mesh.fbx"),
+        report=W("export/export.json"),
     params:
-        prefix="results/{scene}_mesh",
+        prefix=R("_mesh"),
         options=lambda wildcards: stage_options(wildcards.scene, "export"),
     threads: workflow.cores
     benchmark:
-        "work/{scene}/benchmarks/export_mesh.tsv"
+        W("benchmarks/export_mesh.tsv")
     log:
-        "work/{scene}/logs/export.log",
+        W("logs/export.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

@@ -5,13 +5,13 @@ rule ingest:
     input:
         photos=scene_input,
     output:
-        manifest="work/{scene}/manifest.json",
+        manifest=W("manifest.json"),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "ingest"),
     benchmark:
-        "work/{scene}/benchmarks/ingest.tsv"
+        W("benchmarks/ingest.tsv")
     log:
-        "work/{scene}/logs/ingest.log",
+        W("logs/ingest.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

@@ -4,18 +4,18 @@
 
 rule project:
     input:
-        manifest="work/{scene}/manifest.json",
+        manifest=W("manifest.json"),
     output:
-        images=directory("work/{scene}/images"),
-        masks=directory("work/{scene}/masks"),
-        views="work/{scene}/views.json",
+        images=directory(W("images")),
+        masks=directory(W("masks")),
+        views=W("views.json"),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "project"),
     threads: workflow.cores
     benchmark:
-        "work/{scene}/benchmarks/project.tsv"
+        W("benchmarks/project.tsv")
     log:
-        "work/{scene}/logs/project.log",
+        W("logs/project.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

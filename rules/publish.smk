@@ -5,16 +5,16 @@
 
 rule publish:
     input:
-        splat="work/{scene}/splat/splat.ply",
-        meshes=multiext("results/{scene}_mesh", ".glb", ".obj", ".fbx"),
-        compressed="results/{scene}.compressed.ply",
-        report="results/{scene}_report",
+        splat=W("splat/splat.ply"),
+        meshes=multiext(R("_mesh"), ".glb", ".obj", ".fbx"),
+        compressed=R(".compressed.ply"),
+        report=R("_report"),
     output:
-        splat="results/{scene}.ply",
+        splat=R(".ply"),
     benchmark:
-        "work/{scene}/benchmarks/publish.tsv"
+        W("benchmarks/publish.tsv")
     log:
-        "work/{scene}/logs/publish.log",
+        W("logs/publish.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

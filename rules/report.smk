@@ -3,18 +3,18 @@
 
 rule report:
     input:
-        splat="work/{scene}/splat/splat.ply",
-        alignment="work/{scene}/alignment.json",
-        compressed="results/{scene}.compressed.json",
-        export="work/{scene}/export/export.json",
+        splat=W("splat/splat.ply"),
+        alignment=W("alignment.json"),
+        compressed=R(".compressed.json"),
+        export=W("export/export.json"),
     output:
-        report=directory("results/{scene}_report"),
+        report=directory(R("_report")),
     params:
         scene_dir=lambda wildcards, input: os.path.dirname(input.alignment),
     benchmark:
-        "work/{scene}/benchmarks/report.tsv"
+        W("benchmarks/report.tsv")
     log:
-        "work/{scene}/logs/report.log",
+        W("logs/report.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

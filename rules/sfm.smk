@@ -5,20 +5,20 @@
 
 rule sfm_extract:
     input:
-        images="work/{scene}/images",
-        masks="work/{scene}/masks",
-        views="work/{scene}/views.json",
+        images=W("images"),
+        masks=W("masks"),
+        views=W("views.json"),
     output:
-        features="work/{scene}/colmap/features.db",
+        features=W("colmap/features.db"),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm.extract"),
     threads: workflow.cores
     resources:
         gpu=lambda wildcards: 1 if config.get("use_gpu", False) else 0,
     benchmark:
-        "work/{scene}/benchmarks/sfm_extract.tsv"
+        W("benchmarks/sfm_extract.tsv")
     log:
-        "work/{scene}/logs/sfm_extract.log",
+        W("logs/sfm_extract.log"),
     conda:
         "../envs/splatforge.yaml"
     script:
@@ -27,15 +27,15 @@ rule sfm_extract:
 
 rule sfm_pairs:
     input:
-        views="work/{scene}/views.json",
+        views=W("views.json"),
     output:
-        pairs="work/{scene}/pairs.txt",
+        pairs=W("pairs.txt"),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm.pairs"),
     benchmark:
-        "work/{scene}/benchmarks/sfm_pairs.tsv"
+        W("benchmarks/sfm_pairs.tsv")
     log:
-        "work/{scene}/logs/sfm_pairs.log",
+        W("logs/sfm_pairs.log"),
     conda:
         "../envs/splatforge.yaml"
     script:
@@ -44,17 +44,17 @@ rule sfm_pairs:
 
 rule sfm_match:
     input:
-        features="work/{scene}/colmap/features.db",
-        pairs="work/{scene}/pairs.txt",
+        features=W("colmap/features.db"),
+        pairs=W("pairs.txt"),
     output:
-        database="work/{scene}/colmap/database.db",
+        database=W("colmap/database.db"),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm.match"),
     threads: workflow.cores
     benchmark:
-        "work/{scene}/benchmarks/sfm_match.tsv"
+        W("benchmarks/sfm_match.tsv")
     log:
-        "work/{scene}/logs/sfm_match.log",
+        W("logs/sfm_match.log"),
     conda:
         "../envs/splatforge.yaml"
     script:
@@ -63,17 +63,17 @@ rule sfm_match:
 
 rule sfm_map:
     input:
-        database="work/{scene}/colmap/database.db",
-        images="work/{scene}/images",
+        database=W("colmap/database.db"),
+        images=W("images"),
     output:
-        sparse=directory("work/{scene}/sparse"),
+        sparse=directory(W("sparse")),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm.map"),
     threads: workflow.cores
     benchmark:
-        "work/{scene}/benchmarks/sfm_map.tsv"
+        W("benchmarks/sfm_map.tsv")
     log:
-        "work/{scene}/logs/sfm_map.log",
+        W("logs/sfm_map.log"),
     conda:
         "../envs/splatforge.yaml"
     script:
@@ -82,19 +82,19 @@ rule sfm_map:
 
 rule sfm_align:
     input:
-        sparse="work/{scene}/sparse",
-        views="work/{scene}/views.json",
-        manifest="work/{scene}/manifest.json",
+        sparse=W("sparse"),
+        views=W("views.json"),
+        manifest=W("manifest.json"),
     output:
-        aligned=directory("work/{scene}/aligned"),
-        report="work/{scene}/alignment.json",
+        aligned=directory(W("aligned")),
+        report=W("alignment.json"),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "align"),
         ground_truth=demo_ground_truth_path,
     benchmark:
-        "work/{scene}/benchmarks/sfm_align.tsv"
+        W("benchmarks/sfm_align.tsv")
     log:
-        "work/{scene}/logs/sfm_align.log",
+        W("logs/sfm_align.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

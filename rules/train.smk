@@ -5,23 +5,23 @@
 
 rule train:
     input:
-        aligned="work/{scene}/aligned",
-        images="work/{scene}/images",
-        masks="work/{scene}/masks",
-        views="work/{scene}/views.json",
+        aligned=W("aligned"),
+        images=W("images"),
+        masks=W("masks"),
+        views=W("views.json"),
     output:
-        splat="work/{scene}/splat/splat.ply",
-        metrics="work/{scene}/splat/metrics.json",
+        splat=W("splat/splat.ply"),
+        metrics=W("splat/metrics.json"),
     params:
-        out_dir="work/{scene}/splat",
+        out_dir=W("splat"),
         options=lambda wildcards: stage_options(wildcards.scene, "train"),
     threads: workflow.cores
     resources:
         gpu=lambda wildcards: 1 if config.get("use_gpu", False) else 0,
     benchmark:
-        "work/{scene}/benchmarks/train.tsv"
+        W("benchmarks/train.tsv")
     log:
-        "work/{scene}/logs/train.log",
+        W("logs/train.log"),
     conda:
         "../envs/splatforge.yaml"
     script:

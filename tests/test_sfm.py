@@ -281,3 +281,20 @@ def test_masks_work_with_relative_paths(tmp_path, monkeypatch):
     for n in names:
         link = tmp_path / "rel" / "masks" / n / "p1.jpg.png"
         assert link.exists(), f"broken mask link {link}"
+
+
+def test_mapper_registry_dispatches_by_name(monkeypatch, tmp_path):
+    """A mapper is one function + one MAPPER_BACKENDS entry: options accept it, run_mapper calls it."""
+    calls = []
+
+    def fake(db_path, images_dir, out_dir, opts, refine, rig):
+        calls.append((opts.mapper, refine, rig))
+        return {}
+
+    assert list(mapping.MAPPER_BACKENDS) == ["incremental", "global", "hierarchical"]
+    with pytest.raises(InputError, match="mapper must be one of .*got 'fake'"):
+        mapping.build_options(mapping.MapOptions, {"mapper": "fake"}, "sfm map")
+    monkeypatch.setitem(mapping.MAPPER_BACKENDS, "fake", fake)
+    opts = mapping.build_options(mapping.MapOptions, {"mapper": "fake"}, "sfm map")
+    assert mapping.run_mapper(tmp_path / "db", tmp_path, tmp_path, opts, rig=True) == {}
+    assert calls == [("fake", False, True)]  # rigs: focal length held (refine None -> not rig)

@@ -1,6 +1,6 @@
 """SfM map stage: camera poses and sparse points from the matched database.
 
-Backends (option ``mapper``), all pycolmap 4.2:
+Backends (option ``mapper``, registry :data:`MAPPER_BACKENDS`), all pycolmap 4.2:
 
 * ``incremental`` -- ``pycolmap.incremental_mapping`` (COLMAP's incremental mapper);
 * ``global`` -- ``pycolmap.global_mapping`` (GLOMAP: rotation averaging + global positioning);
@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import pycolmap
 
@@ -34,8 +35,6 @@ from ..log import get_logger
 from ..options import build_options
 
 log = get_logger("sfm.map")
-
-MAPPERS = ("incremental", "global", "hierarchical")
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ class MapOptions:
     leaf_max_num_images: int = 500
 
     def __post_init__(self) -> None:
-        if self.mapper not in MAPPERS:
-            raise ValueError(f"mapper must be one of {MAPPERS}, got {self.mapper!r}")
+        if self.mapper not in MAPPER_BACKENDS:
+            raise ValueError(f"mapper must be one of {tuple(MAPPER_BACKENDS)}, got {self.mapper!r}")
 
 
 def check_database(db_path: Path) -> tuple[int, bool]:
@@ -111,30 +110,53 @@ def _incremental_options(opts: MapOptions, refine: bool, rig: bool) -> pycolmap.
     return o
 
 
-def run_mapper(db_path: Path, images_dir: Path, out_dir: Path, opts: MapOptions, rig: bool) -> dict[int, pycolmap.Reconstruction]:
-    """Run the chosen pycolmap mapper; models are written under ``out_dir`` (scratch)."""
-    refine = (not rig) if opts.refine_focal_length is None else bool(opts.refine_focal_length)
-    pycolmap.set_random_seed(opts.random_seed)
-    if opts.mapper == "incremental":
-        return pycolmap.incremental_mapping(db_path, images_dir, out_dir, _incremental_options(opts, refine, rig))
-    if opts.mapper == "global":
-        g = pycolmap.GlobalPipelineOptions()
-        g.num_threads = opts.num_threads
-        g.random_seed = opts.random_seed
-        g.min_num_matches = opts.min_num_matches
-        g.min_model_size = opts.min_model_size
-        g.mapper.num_threads = opts.num_threads
-        g.mapper.random_seed = opts.random_seed
-        g.mapper.refine_sensor_from_rig = not rig
-        g.mapper.bundle_adjustment.refine_focal_length = refine
-        g.mapper.bundle_adjustment.refine_extra_params = bool(opts.refine_extra_params)
-        g.mapper.bundle_adjustment.refine_principal_point = False
-        return pycolmap.global_mapping(db_path, images_dir, out_dir, g)
+def _map_incremental(db_path: Path, images_dir: Path, out_dir: Path, opts: MapOptions, refine: bool,
+                     rig: bool) -> dict[int, pycolmap.Reconstruction]:
+    """``incremental``: COLMAP's incremental mapper (``pycolmap.incremental_mapping``)."""
+    return pycolmap.incremental_mapping(db_path, images_dir, out_dir, _incremental_options(opts, refine, rig))
+
+
+def _map_global(db_path: Path, images_dir: Path, out_dir: Path, opts: MapOptions, refine: bool,
+                rig: bool) -> dict[int, pycolmap.Reconstruction]:
+    """``global``: GLOMAP (``pycolmap.global_mapping``): rotation averaging + global positioning."""
+    g = pycolmap.GlobalPipelineOptions()
+    g.num_threads = opts.num_threads
+    g.random_seed = opts.random_seed
+    g.min_num_matches = opts.min_num_matches
+    g.min_model_size = opts.min_model_size
+    g.mapper.num_threads = opts.num_threads
+    g.mapper.random_seed = opts.random_seed
+    g.mapper.refine_sensor_from_rig = not rig
+    g.mapper.bundle_adjustment.refine_focal_length = refine
+    g.mapper.bundle_adjustment.refine_extra_params = bool(opts.refine_extra_params)
+    g.mapper.bundle_adjustment.refine_principal_point = False
+    return pycolmap.global_mapping(db_path, images_dir, out_dir, g)
+
+
+def _map_hierarchical(db_path: Path, images_dir: Path, out_dir: Path, opts: MapOptions, refine: bool,
+                      rig: bool) -> dict[int, pycolmap.Reconstruction]:
+    """``hierarchical``: clusters mapped incrementally, then merged (``pycolmap.hierarchical_mapping``)."""
     h = pycolmap.HierarchicalPipelineOptions()
     h.num_threads = opts.num_threads
     h.clustering_options.leaf_max_num_images = opts.leaf_max_num_images
     h.incremental_options = _incremental_options(opts, refine, rig)
     return pycolmap.hierarchical_mapping(db_path, images_dir, out_dir, h)
+
+
+#: Mapper registry: option ``mapper`` -> backend ``f(db_path, images_dir, out_dir, opts, refine, rig)``
+#: returning pycolmap's ``{index: Reconstruction}``. A new backend is one function and one entry.
+MAPPER_BACKENDS: dict[str, Callable[..., dict[int, pycolmap.Reconstruction]]] = {
+    "incremental": _map_incremental,
+    "global": _map_global,
+    "hierarchical": _map_hierarchical,
+}
+
+
+def run_mapper(db_path: Path, images_dir: Path, out_dir: Path, opts: MapOptions, rig: bool) -> dict[int, pycolmap.Reconstruction]:
+    """Run the chosen pycolmap mapper (:data:`MAPPER_BACKENDS`); models are written under ``out_dir`` (scratch)."""
+    refine = (not rig) if opts.refine_focal_length is None else bool(opts.refine_focal_length)
+    pycolmap.set_random_seed(opts.random_seed)
+    return MAPPER_BACKENDS[opts.mapper](db_path, images_dir, out_dir, opts, refine, rig)
 
 
 def model_summary(rec: pycolmap.Reconstruction) -> dict:
@@ -217,7 +239,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images_dir")
     p.add_argument("sparse_dir")
     p.add_argument("summary_json")
-    p.add_argument("--mapper", choices=MAPPERS, default=MapOptions.mapper)
+    p.add_argument("--mapper", choices=tuple(MAPPER_BACKENDS), default=MapOptions.mapper)
     p.add_argument("--num-threads", type=int, default=MapOptions.num_threads)
     p.add_argument("--random-seed", type=int, default=MapOptions.random_seed)
 

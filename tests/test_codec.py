@@ -343,6 +343,47 @@ def test_options_and_presets(tmp_path: Path, small_ply: Path) -> None:
     assert CodecOptions.from_dict({"zstd_level": 9}).zstd_level == 9
 
 
+def test_preset_registry_entries() -> None:
+    """Each preset is one registry entry: its options are CodecOptions fields, its suffix one of the two formats."""
+    import dataclasses
+
+    from splatforge_core.codec import PRESETS, Preset
+
+    fields = {f.name for f in dataclasses.fields(CodecOptions)}
+    assert list(PRESETS) == ["qat-3dgs", "lossless-zstd", "quantised"]
+    for name, p in PRESETS.items():
+        assert isinstance(p, Preset) and p.name == name and callable(p.encode) and callable(p.decode)
+        assert set(p.options) <= fields and p.suffix in (".ply", ".sfz") and p.suffix == _ext(name)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            p.lossless = not p.lossless  # type: ignore[misc]
+    assert [n for n, p in PRESETS.items() if p.lossless] == LOSSLESS
+
+
+def test_new_preset_is_one_registry_entry(tmp_path: Path, small_ply: Path, monkeypatch) -> None:
+    """A preset added to PRESETS is accepted by check_preset, encoded by main and restored by decompress."""
+    from splatforge_core.codec import PRESETS, Preset, check_preset
+    from splatforge_core.codec import container as container_mod
+    from splatforge_core.codec.lossless import EncodeResult
+
+    def encode(in_ply, out_path, opts, *, header=None, data=None):
+        meta = {"codec": "copy", "ply_header": header.raw.decode("ascii")}
+        size = container_mod.write_container(out_path, meta, [Path(in_ply).read_bytes()], level=opts.zstd_level or 1)
+        return EncodeResult(header.element("vertex").count, {}, {}, Path(in_ply).stat().st_size, size), {}
+
+    def decode(path):
+        return container_mod.read_container(path)[1]
+
+    with pytest.raises(InputError, match="unknown preset 'copy'"):
+        check_preset("copy")
+    monkeypatch.setitem(PRESETS, "copy", Preset("copy", True, ".sfz", "a copy in a container", encode, decode,
+                                                ("zstd_level",)))
+    check_preset("copy")
+    rep = main(small_ply, tmp_path / "o.sfz", None, "copy", {"zstd_level": 2})
+    assert rep["preset"] == "copy" and rep["lossless"] and rep["delta_psnr_db"] == 0.0
+    assert decompress(tmp_path / "o.sfz", tmp_path / "b.ply")["codec"] == "copy"
+    assert (tmp_path / "b.ply").read_bytes() == small_ply.read_bytes()
+
+
 def test_cli(tmp_path: Path, small_ply: Path, capsys) -> None:
     out, rep, back = tmp_path / "c.sfz", tmp_path / "r.json", tmp_path / "b.ply"
     assert sf_cli.main(["compress", "--preset", "lossless-zstd", str(small_ply), str(out), "--report", str(rep),

@@ -1,6 +1,6 @@
 """Splat PLY codec: lossless and quantised compression of 3D Gaussian splat PLYs.
 
-Presets (``PRESETS``):
+Presets (registry ``PRESETS`` in :mod:`.presets`: name -> encoder, decoder, lossless, suffix, options):
 
 * ``qat-3dgs`` (:mod:`.lossless`): lossless, output is still a PLY that every reader opens;
   bit-identical constant columns (the normals of Inria PLYs) move into header comments.
@@ -25,23 +25,14 @@ from ..errors import InputError
 from ..io import write_json
 from ..log import get_logger
 from ..options import build_options
-from .container import container_codec, is_container, read_container_meta
+from .container import is_container, read_container_meta
 from .layout import map_file, parse_header, read_body, sh_degree, validate_3dgs
+from .presets import PLANNED, PRESETS, Preset, check_preset, get_preset, preset_for_file
+
+__all__ = ["CodecOptions", "PLANNED", "PRESETS", "Preset", "check_preset", "decompress", "get_preset", "info", "main",
+           "preset_for_file"]
 
 log = get_logger("codec")
-
-#: Presets this version implements: name -> (lossless, output kind, description).
-PRESETS: dict[str, tuple[bool, str, str]] = {
-    "qat-3dgs": (True, "ply", "lossless; a valid PLY; bit-identical constant columns move to header comments"),
-    "lossless-zstd": (True, "sfz", "lossless .sfz container: constants + byte-plane shuffle + zstd per column"),
-    "quantised": (False, "sfz", "lossy .sfz container: quantised positions/scales/rotations/opacity/SH + zstd"),
-}
-
-#: Presets named in the roadmap but not implemented yet (rejected with this reason).
-PLANNED: dict[str, str] = {
-    "qat-int8": "int8 quantisation-aware finetuning needs cameras and images (a later issue)",
-    "scaffold": "Scaffold-GS anchor PLYs (a later issue)",
-}
 
 
 @dataclasses.dataclass
@@ -85,16 +76,6 @@ class CodecOptions:
         return o
 
 
-def check_preset(preset: str) -> None:
-    """Raise :class:`InputError` for an unknown or not yet implemented preset (lists the known ones)."""
-    if preset in PRESETS:
-        return
-    known = ", ".join(PRESETS)
-    if preset in PLANNED:
-        raise InputError(f"preset {preset!r} is not implemented yet: {PLANNED[preset]}. Available presets: {known}")
-    raise InputError(f"unknown preset {preset!r}. Available presets: {known}")
-
-
 def main(
     in_ply: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -115,7 +96,7 @@ def main(
     when a lossless self-check fails (no output is left behind in either case).
     """
     t0 = time.perf_counter()
-    check_preset(preset)
+    spec = get_preset(preset)
     opts = CodecOptions.from_dict(options)
     in_ply, out_path = Path(in_ply), Path(out_path)
     if in_ply.resolve() == out_path.resolve():
@@ -128,20 +109,8 @@ def main(
     except InputError:
         deg = None
     data = map_file(in_ply)
-    extra: dict[str, Any] = {}
-    if preset == "qat-3dgs":
-        from .lossless import encode_ply
-
-        res = encode_ply(in_ply, out_path, keep_required=opts.keep_required, header=header, data=data)
-    elif preset == "lossless-zstd":
-        from .entropy import encode_sfz
-
-        res = encode_sfz(in_ply, out_path, level=opts.zstd_level or 3, header=header, data=data)
-    else:
-        from .quantised import encode_quantised
-
-        res, extra = encode_quantised(in_ply, out_path, opts, header=header, data=data)
-    lossless = PRESETS[preset][0]
+    res, extra = spec.encode(in_ply, out_path, opts, header=header, data=data)
+    lossless = spec.lossless
     report: dict[str, Any] = {
         "status": "ok",
         "preset": preset,
@@ -179,23 +148,9 @@ def decompress(in_path: str | os.PathLike, out_ply: str | os.PathLike) -> dict[s
     in_path = Path(in_path)
     if not in_path.is_file():
         raise InputError(f"{in_path}: no such file")
-    if is_container(in_path):
-        codec = container_codec(in_path)
-        if codec == "lossless-zstd":
-            from .entropy import decode_sfz_parts
-
-            out = decode_sfz_parts(in_path)
-        elif codec == "quantised":
-            from .quantised import decode_quantised_ply_bytes
-
-            out = [decode_quantised_ply_bytes(in_path)]
-        else:
-            raise InputError(f"{in_path}: unknown codec {codec!r} in container")
-    else:
-        from .lossless import decode_ply_parts
-
-        codec = "qat-3dgs"
-        out = decode_ply_parts(in_path)
+    spec = preset_for_file(in_path)
+    codec = spec.name
+    out = spec.decode(in_path)
     from .lossless import _u8
 
     size = 0
@@ -248,7 +203,7 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
         for e in hdr.elements
     ]
     out: dict[str, Any] = {"path": str(path), "format": hdr.fmt, "codec": codec, "elements": elements}
-    if codec == "qat-3dgs" or codec is None:
+    if codec is None or (codec in PRESETS and not PRESETS[codec].container):  # a PLY: check its body
         try:
             read_body(hdr)
             out["body"] = "ok"

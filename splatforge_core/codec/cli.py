@@ -10,7 +10,7 @@ from . import PLANNED, PRESETS, decompress, info, main
 
 
 def _preset_help() -> str:
-    lines = [f"  {k:<14} {'lossless' if v[0] else 'lossy':<9} {v[2]}" for k, v in PRESETS.items()]
+    lines = [f"  {k:<14} {'lossless' if v.lossless else 'lossy':<9} {v.description}" for k, v in PRESETS.items()]
     lines += [f"  {k:<14} {'planned':<9} {v}" for k, v in PLANNED.items()]
     return "presets:\n" + "\n".join(lines)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,6 +131,15 @@ def encode_sfz(
     return EncodeResult(n, hexes, values, int(data.size), int(size_out))
 
 
+def encode_preset(
+    in_ply: str | os.PathLike, out_path: str | os.PathLike, opts: Any, *,
+    header: PlyHeader | None = None, data: np.ndarray | None = None,
+) -> tuple[EncodeResult, dict[str, Any]]:
+    """The ``lossless-zstd`` encoder of the preset registry (:mod:`.presets`): :func:`encode_sfz` at
+    zstd level ``opts.zstd_level`` (default 3); no extra report fields."""
+    return encode_sfz(in_ply, out_path, level=opts.zstd_level or 3, header=header, data=data), {}
+
+
 def decode_sfz(path: str | os.PathLike) -> bytes:
     """Decode a ``lossless-zstd`` container into the original PLY file's bytes.
 
@@ -213,4 +223,4 @@ def verify_sfz(path: str | os.PathLike, data: np.ndarray) -> bool:
     return parts_equal([suf], data[len(head) + r * n :])
 
 
-__all__ = ["encode_sfz", "decode_sfz", "decode_sfz_parts", "verify_sfz", "PRESET"]
+__all__ = ["encode_sfz", "encode_preset", "decode_sfz", "decode_sfz_parts", "verify_sfz", "PRESET"]

@@ -26,6 +26,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -378,3 +379,12 @@ def encode_ply(
     hexes, values = constants_report(verts, consts)
     log.info("%s: %d vertices, %d constant columns dropped (%s)", in_ply, n, len(consts), ", ".join(consts))
     return EncodeResult(n, hexes, values, int(data.size), int(size_out))
+
+
+def encode_preset(
+    in_ply: str | os.PathLike, out_path: str | os.PathLike, opts: Any, *,
+    header: PlyHeader | None = None, data: np.ndarray | None = None,
+) -> tuple[EncodeResult, dict[str, Any]]:
+    """The ``qat-3dgs`` encoder of the preset registry (:mod:`.presets`): :func:`encode_ply` with
+    ``opts.keep_required`` (``opts``: :class:`~splatforge_core.codec.CodecOptions`); no extra report fields."""
+    return encode_ply(in_ply, out_path, keep_required=opts.keep_required, header=header, data=data), {}

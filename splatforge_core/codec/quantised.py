@@ -252,6 +252,11 @@ def decode_quantised_ply_bytes(path: str | os.PathLike, meta_blocks: tuple[dict,
     return hdr.raw + out.tobytes()
 
 
+def decode_quantised_parts(path: str | os.PathLike) -> list:
+    """The ``quantised`` decoder of the preset registry (:mod:`.presets`): ``[PLY bytes]``."""
+    return [decode_quantised_ply_bytes(path)]
+
+
 # ------------------------------------------------------------------ render-based quality
 
 

@@ -1,0 +1,121 @@
+"""Codec preset registry: preset name -> :class:`Preset` (encoder, decoder, lossless, suffix, options).
+
+Every function of the codec that depends on the preset (``main``, ``decompress``, ``check_preset``,
+the CLI help, the config check of ``compress.preset``) looks it up here, so a new preset is one
+module (with an ``encode(in_ply, out_path, opts, *, header, data)`` and a ``decode(path)``, see
+:class:`Preset`) plus one entry in :data:`PRESETS`.
+
+The preset's name is also what its output records as its codec: the ``splatforge_codec`` header
+comment of a ``qat-3dgs`` PLY, the ``codec`` key of an ``.sfz`` container's metadata
+(:mod:`.container`); :func:`preset_for_file` uses it to find the decoder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import InputError
+from . import entropy, lossless, quantised
+from .container import container_codec, is_container
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One codec preset.
+
+    Attributes:
+        name: the preset's name (config ``compress.preset``, CLI ``--preset``) and the codec
+            name its outputs carry.
+        lossless: the output decodes to the input file byte for byte (the encoder checks this
+            before the output is renamed into place); False: the report's ``delta_psnr_db``
+            comes from the encoder's extra fields.
+        suffix: the natural suffix of the output file, ``".ply"`` (a PLY every reader opens) or
+            ``".sfz"`` (a :mod:`.container`). Informative only: the workflow writes
+            ``results/{scene}.compressed.ply`` whatever the preset.
+        description: one line for ``splatforge compress --help``.
+        encode: ``encode(in_ply, out_path, opts, *, header, data) -> (EncodeResult, extra)``
+            with ``opts`` a :class:`~splatforge_core.codec.CodecOptions`, ``header`` / ``data``
+            the parsed header and the memory-mapped input (:func:`.layout.parse_header`,
+            :func:`.layout.map_file`); ``extra`` is merged into the report.
+        decode: ``decode(path) -> list`` of buffers (bytes or uint8-viewable arrays) that,
+            written one after the other, are the restored PLY.
+        options: the :class:`~splatforge_core.codec.CodecOptions` fields the preset reads.
+    """
+
+    name: str
+    lossless: bool
+    suffix: str
+    description: str
+    encode: Callable[..., tuple[Any, dict[str, Any]]]
+    decode: Callable[[str | os.PathLike], list]
+    options: tuple[str, ...] = ()
+
+    @property
+    def container(self) -> bool:
+        """True when the output is an ``.sfz`` container (else a PLY)."""
+        return self.suffix == ".sfz"
+
+
+#: Presets this version implements, in the order the help lists them.
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(lossless.PRESET, True, ".ply",
+               "lossless; a valid PLY; bit-identical constant columns move to header comments",
+               lossless.encode_preset, lossless.decode_ply_parts, ("keep_required",)),
+        Preset(entropy.PRESET, True, ".sfz",
+               "lossless .sfz container: constants + byte-plane shuffle + zstd per column",
+               entropy.encode_preset, entropy.decode_sfz_parts, ("zstd_level",)),
+        Preset(quantised.PRESET, False, ".sfz",
+               "lossy .sfz container: quantised positions/scales/rotations/opacity/SH + zstd",
+               quantised.encode_quantised, quantised.decode_quantised_parts,
+               ("zstd_level", "position_bits", "sh_bits", "rotation_bits", "evaluate_psnr", "psnr_views",
+                "psnr_size")),
+    )
+}
+
+#: Presets named in the roadmap but not implemented yet (rejected with this reason).
+PLANNED: dict[str, str] = {
+    "qat-int8": "int8 quantisation-aware finetuning needs cameras and images (a later issue)",
+    "scaffold": "Scaffold-GS anchor PLYs (a later issue)",
+}
+
+_PLY_PRESETS = [p for p in PRESETS.values() if not p.container]
+if len(_PLY_PRESETS) != 1:  # a PLY output is recognised by its header comment; decompress expects one such preset
+    raise RuntimeError(f"exactly one PLY-output preset expected, got {[p.name for p in _PLY_PRESETS]}")
+
+
+def check_preset(preset: str) -> None:
+    """Raise :class:`InputError` for an unknown or not yet implemented preset (lists the known ones)."""
+    if preset in PRESETS:
+        return
+    known = ", ".join(PRESETS)
+    if preset in PLANNED:
+        raise InputError(f"preset {preset!r} is not implemented yet: {PLANNED[preset]}. Available presets: {known}")
+    raise InputError(f"unknown preset {preset!r}. Available presets: {known}")
+
+
+def get_preset(preset: str) -> Preset:
+    """The registry entry of ``preset``; :class:`InputError` (via :func:`check_preset`) otherwise."""
+    check_preset(preset)
+    return PRESETS[preset]
+
+
+def preset_for_file(path: str | os.PathLike) -> Preset:
+    """The preset that wrote ``path``: a container's ``codec`` key, else the PLY-output preset
+    (``qat-3dgs``, whose decoder rejects a PLY without its header comment).
+
+    Raises:
+        InputError: a container whose codec no preset of the registry has.
+    """
+    path = Path(path)
+    if is_container(path):
+        codec = container_codec(path)
+        p = PRESETS.get(codec) if codec else None
+        if p is None or not p.container:
+            raise InputError(f"{path}: unknown codec {codec!r} in container")
+        return p
+    return _PLY_PRESETS[0]

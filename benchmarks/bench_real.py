@@ -5,7 +5,7 @@ Subcommands (each writes ``benchmarks/results/real/<name>.json``; ``table`` asse
 
 * ``geovisio360`` -- the 5-panorama GoPro MAX walk (``../shared/data/geovisio360``) through the
   workflow (``snakemake ... work/<scene>/splat/metrics.json``) as two scenes of
-  ``benchmarks/real.yaml``: ``geovisio360`` (the defaults: sky and operator masks) and
+  ``benchmarks/real.yaml`` (merged on top of ``config.yaml``): ``geovisio360`` (the defaults: sky and operator masks) and
   ``geovisio360_nomask`` (both masks off, i.e. the SfM of the previous release). For each:
   SfM summary, alignment residuals, EXIF heading check, per-frame rotation against
   ``pycolmap.panorama.reconstruct`` of the same panoramas (global mapper; its incremental
@@ -55,8 +55,8 @@ def _load(name: str) -> dict | None:
 
 def _snakemake(target: str, cores: int) -> float:
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", "config.yaml",
-           "benchmarks/real.yaml", target]
+    # config.yaml is the Snakefile's own configfile; real.yaml's scenes are merged on top
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), target, "--configfile", "benchmarks/real.yaml"]
     subprocess.run(cmd, cwd=REPO, check=True)
     return time.perf_counter() - t0
 

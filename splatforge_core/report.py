@@ -283,6 +283,51 @@ def plot_positions(path: Path, manifest: dict | None, views: dict | None, alignm
     return counts
 
 
+def plot_masks(path: Path, views: dict | None, max_frames: int = 2) -> list[str]:
+    """Draw the sky (blue) and operator (red) labels over the first panoramas of a capture.
+
+    The labels are recomputed from the source panoramas with the options views.json records
+    (:func:`splatforge_core.masks.panorama_labels`, the function the project stage used).
+
+    Returns:
+        Markdown lines (the figure and its label fractions), empty when no frame has masks.
+    """
+    import cv2
+    import numpy as np
+
+    from .masks import OPERATOR, SKY, panorama_labels
+
+    if not views or not views.get("mask_dir"):
+        return []
+    opts = views.get("options") or {}
+    frames = [f for f in views.get("frames", []) if f.get("masks")][:max_frames]
+    src_dir = Path(views.get("source_dir") or "")
+    rows = []
+    for f in frames:
+        src = Path(f.get("source_path") or src_dir / f["source"])
+        img = cv2.imread(str(src), cv2.IMREAD_REDUCED_COLOR_4)
+        if img is None:
+            continue
+        small = cv2.resize(img, (960, 480), interpolation=cv2.INTER_AREA)
+        lab = cv2.resize(panorama_labels(img, bool(opts.get("sky_mask", True)), float(opts.get("nadir_mask_deg", 0.0))),
+                         (960, 480), interpolation=cv2.INTER_NEAREST)
+        vis = small.astype(np.float32)
+        for k, colour in ((SKY, (255, 80, 0)), (OPERATOR, (0, 0, 255))):
+            sel = lab == k
+            vis[sel] = vis[sel] * 0.45 + np.array(colour, np.float32) * 0.55
+        rows.append(vis.astype(np.uint8))
+    if not rows:
+        return []
+    cv2.imwrite(str(path), np.concatenate(rows, axis=0))
+    fr = [f.get("mask_fractions") or {} for f in views["frames"]]
+    sky = np.mean([x.get("sky", 0.0) for x in fr])
+    op = np.mean([x.get("operator", 0.0) for x in fr])
+    return [f"Masks (project stage): sky in blue is left out of SfM features (drifting clouds), the operator "
+            f"in red (nadir cap of {fmt_cell(opts.get('nadir_mask_deg'))} deg) is left out of SfM, the training loss "
+            f"and the held-out metrics. Over all view pixels: sky {sky:.1%}, operator {op:.1%}.",
+            "", f"![Sky and operator masks]({path.name})"]
+
+
 def plot_benchmarks(path: Path, bench: list[dict], dpi: int = 120) -> None:
     """Two horizontal bar charts per rule: wall time (s) and peak resident memory (MB)."""
     plt = _plt()
@@ -360,6 +405,19 @@ def _alignment_text(al: dict) -> list[str]:
                  ["ground truth: aligned error max (m)", gt.get("max_m")],
                  ["ground truth: raw GPS error median (m)", gt.get("gps_median_m")]]
     lines = [md_table(["alignment", "value"], rows, nd=3)]
+    hc = al.get("heading_check")
+    if hc:
+        lines += ["", f"Aligned yaw against the photos' EXIF `GPSImgDirection` ({hc['num_frames']} frames): median "
+                      f"difference {hc['median_abs_diff_deg']:.1f} deg, max {hc['max_abs_diff_deg']:.1f} deg, constant "
+                      f"offset {hc['offset_deg']:.1f} deg (median {hc['median_abs_diff_after_offset_deg']:.1f} deg after "
+                      f"removing it); tolerance {fmt_cell(hc.get('tolerance_deg'))} deg"
+                      + (f"; **disagreeing: {', '.join(hc['disagreeing'])}**" if hc.get("disagreeing") else "."),
+                  "", "<details><summary>Yaw per frame</summary>", "",
+                  md_table(["frame", "aligned yaw (deg)", "EXIF heading (deg)", "difference (deg)"],
+                           [[f["frame"], f["yaw_deg"], f["exif_heading_deg"], f["diff_deg"]] for f in hc["frames"]], nd=1),
+                  "", "</details>"]
+    elif al:
+        lines += ["", "No EXIF `GPSImgDirection` in the photos: the aligned yaw is not checked against a compass."]
     if al.get("unregistered_frames"):
         lines += ["", "Not registered: " + ", ".join(f"`{f}`" for f in al["unregistered_frames"])]
     res = al.get("residuals", [])
@@ -392,6 +450,9 @@ def _sfm(s: dict) -> list[str]:
 def _training(m: dict, splat_dir: Path, tmp: Path) -> tuple[list[str], list[str]]:
     final = m.get("final") or {}
     rows = [["held-out PSNR (dB)", final.get("psnr")], ["held-out SSIM", final.get("ssim")]]
+    tv = m.get("final_train_views") or {}
+    if tv:
+        rows += [["training-view PSNR (dB)", tv.get("psnr")], ["training-view SSIM", tv.get("ssim")]]
     if "lpips" in final:
         rows.append(["held-out LPIPS", final["lpips"]])
     for label, key in (("iterations", "iterations"), ("final step", "final_step"), ("Gaussians", "num_gaussians"),
@@ -530,6 +591,10 @@ def main(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, options: dict
                 lines += [f"{counts['registered']} frame(s) registered, {counts['not_registered']} not registered.", ""]
                 lines += _alignment_text(al)
             lines += ["", "![Capture positions, top-down ENU](positions_enu.png)"]
+            mask_lines = plot_masks(tmp / "masks.png", views)
+            if mask_lines:
+                figures.append("masks.png")
+                lines += [""] + mask_lines
             return lines
 
         has_pos = man is not None or views is not None or al is not None

@@ -49,7 +49,7 @@ GPS and EXIF
 ------------
 The EXIF position is the true ENU position plus Gaussian noise (``gps_sigma_m`` per axis,
 independent, from the seed), converted to WGS84 with
-:func:`splatforge_core.ingest.enu_to_geodetic` (pyproj EPSG:4978/EPSG:4979 and the standard
+:func:`splatforge_core.geodesy.enu_to_geodetic` (pyproj EPSG:4978/EPSG:4979 and the standard
 ECEF <-> ENU rotation, ESA Navipedia "Transformations between ECEF and ENU coordinates").
 The ellipsoidal height is written as ``GPSAltitude``: ingest uses EXIF altitude as-is as the
 ellipsoidal height, so ingest recovers the noisy positions exactly (to the EXIF rational
@@ -101,6 +101,7 @@ import numpy as np
 import piexif
 from PIL import Image
 
+from .cameras import direction_to_equirect, equirect_directions
 from .errors import InputError
 from .io import atomic_path, write_json
 from .log import get_logger
@@ -327,27 +328,10 @@ def _scene() -> _Scene:
 # geometry
 
 
-def rig_rays(width: int) -> np.ndarray:
-    """Unit rays of all pixels of a ``width x width/2`` equirectangular panorama in the rig frame.
-
-    Returns:
-        ``[H, W, 3]`` float64, ray of pixel (u, v) at ``[v, u]`` following ``docs/formats.md``:
-        ``lon = (u + 0.5) / W * 360 - 180``, ``lat = 90 - (v + 0.5) / H * 180`` (degrees),
-        ray ``(cos lat sin lon, -sin lat, cos lat cos lon)``.
-    """
-    h = width // 2
-    lon = np.radians((np.arange(width) + 0.5) / width * 360.0 - 180.0)
-    lat = np.radians(90.0 - (np.arange(h) + 0.5) / h * 180.0)
-    cl = np.cos(lat)[:, None]
-    return np.stack(
-        [cl * np.sin(lon)[None, :], np.broadcast_to(-np.sin(lat)[:, None], (h, width)), cl * np.cos(lon)[None, :]],
-        axis=-1,
-    )
-
-
 @functools.lru_cache(maxsize=2)
 def _rig_rays32(width: int) -> np.ndarray:
-    return rig_rays(width).reshape(-1, 3).astype(np.float32)
+    """``[H * W, 3]`` float32 rig-frame rays of a ``width x width/2`` panorama (:func:`~splatforge_core.cameras.equirect_directions`)."""
+    return equirect_directions(width, width // 2).reshape(-1, 3)
 
 
 def rig_from_world_for_yaw(yaw_deg: float) -> np.ndarray:
@@ -379,10 +363,7 @@ def project_to_pixel(points_enu, position_enu, rig_from_world, width: int) -> np
     p = (np.atleast_2d(np.asarray(points_enu, np.float64)) - np.asarray(position_enu, np.float64)) @ np.asarray(
         rig_from_world, np.float64
     ).T
-    lon = np.degrees(np.arctan2(p[:, 0], p[:, 2]))
-    lat = np.degrees(np.arcsin(np.clip(-p[:, 1] / np.linalg.norm(p, axis=1), -1, 1)))
-    h = width // 2
-    return np.stack([(lon + 180.0) / 360.0 * width - 0.5, (90.0 - lat) / 180.0 * h - 0.5], axis=1)
+    return np.stack(direction_to_equirect(p, width, width // 2), axis=1)
 
 
 def camera_path(n: int, spacing_m: float) -> tuple[np.ndarray, np.ndarray]:
@@ -629,7 +610,7 @@ def main(out_dir: str | os.PathLike, options: dict | DemoOptions | None = None) 
         InputError: bad or unknown options, or a path that brings a camera closer than
             ``MIN_CLEARANCE_M`` to a wall or box. Nothing is written then.
     """
-    from .ingest import enu_to_geodetic
+    from .geodesy import enu_to_geodetic
 
     opts = build_options(DemoOptions, options, "demo")
     t_start = time.perf_counter()

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from splatforge_core import demo
+from splatforge_core.cameras import equirect_directions
 from splatforge_core.errors import InputError
 from splatforge_core.io import read_json
 
@@ -279,7 +280,7 @@ def test_textures_are_real_photographs(cap):
 
 def test_project_to_pixel_roundtrip():
     R = demo.rig_from_world_for_yaw(37.0)
-    rays = demo.rig_rays(64).reshape(-1, 3)
+    rays = equirect_directions(64, 32, dtype=np.float64).reshape(-1, 3)
     pts = rays @ R * 5.0 + [1.0, 2.0, 1.7]  # world points along the rays
     uv = demo.project_to_pixel(pts, [1.0, 2.0, 1.7], R, 64)
     uu, vv = np.meshgrid(np.arange(64), np.arange(32))

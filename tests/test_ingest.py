@@ -17,7 +17,8 @@ from PIL import Image
 
 from splatforge_core import ingest
 from splatforge_core.errors import InputError
-from splatforge_core.ingest import IngestOptions, enu_to_geodetic, geodetic_to_enu
+from splatforge_core.geodesy import enu_to_geodetic, geodetic_to_enu
+from splatforge_core.ingest import IngestOptions
 
 G = piexif.GPSIFD
 

@@ -12,18 +12,15 @@ import numpy as np
 import pytest
 
 from splatforge_core import project
+from splatforge_core.cameras import direction_to_equirect, equirect_directions, pinhole_K, view_rotation
 from splatforge_core.errors import InputError
 from splatforge_core.project import (
     ProjectOptions,
     View,
-    direction_to_equirect,
-    equirect_directions,
-    pinhole_K,
     project_equirect,
     sampling_maps,
     view_layout,
     view_name,
-    view_rotation,
 )
 
 

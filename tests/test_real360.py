@@ -11,7 +11,8 @@ import pytest
 
 from splatforge_core import masks
 from splatforge_core.errors import InputError
-from splatforge_core.project import ProjectOptions, main as project_main, view_layout, view_rotation
+from splatforge_core.cameras import view_rotation
+from splatforge_core.project import ProjectOptions, main as project_main, view_layout
 from splatforge_core.sfm.align import heading_check, wrap_deg, yaw_deg
 from splatforge_core.sfm.compare import Pose, compare_poses, mean_rotation, poses_from_inria_cameras, rotation_angle_deg
 from splatforge_core.train.data import held_out_frame_indices

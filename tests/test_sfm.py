@@ -242,7 +242,7 @@ def test_rig_view_masks_partition_the_overlap():
 
 def test_rig_config_puts_reference_sensor_first_whatever_the_view_order():
     """views.json lists the el -45 ring first by default; COLMAP needs the reference first."""
-    from splatforge_core.project import view_rotation
+    from splatforge_core.cameras import view_rotation
     from splatforge_core.sfm.extract import reference_view, rig_config
 
     names = ["az000_el-45", "az180_el-45", "az000_el+00", "az180_el+00"]
@@ -266,7 +266,7 @@ def test_masks_work_with_relative_paths(tmp_path, monkeypatch):
     from pathlib import Path
 
     from splatforge_core.sfm.extract import _write_masks
-    from splatforge_core.project import view_rotation
+    from splatforge_core.cameras import view_rotation
 
     names = ["az000_el+00", "az180_el+00"]
     cams = {

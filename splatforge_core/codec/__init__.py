@@ -26,7 +26,8 @@ from ..io import write_json
 from ..log import get_logger
 from ..options import build_options
 from .container import is_container, read_container_meta
-from .layout import map_file, parse_header, read_body, sh_degree, validate_3dgs
+from ..splat import sh_degree_from_names
+from .layout import map_file, parse_header, read_body, validate_3dgs
 from .presets import PLANNED, PRESETS, Preset, check_preset, get_preset, preset_for_file
 
 __all__ = ["CodecOptions", "PLANNED", "PRESETS", "Preset", "check_preset", "decompress", "get_preset", "info", "main",
@@ -105,7 +106,7 @@ def main(
     validate_3dgs(header)
     names = [p.name for p in header.element("vertex").properties]
     try:
-        deg: int | None = sh_degree(names)
+        deg: int | None = sh_degree_from_names(names)
     except InputError:
         deg = None
     data = map_file(in_ply)
@@ -212,7 +213,7 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
     try:
         names = [p.name for p in hdr.element("vertex").properties] + consts
         out["n_vertices"] = hdr.element("vertex").count
-        out["sh_degree"] = sh_degree(names)
+        out["sh_degree"] = sh_degree_from_names(names)
     except InputError as e:
         out["sh_degree"] = None
         out["layout_problem"] = str(e)

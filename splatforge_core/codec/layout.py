@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..splat import REQUIRED_PROPERTIES
 
 #: PLY scalar type names (both spellings of the spec) -> numpy kind+size (no byte order).
 PLY_TYPES: dict[str, str] = {
@@ -35,13 +36,6 @@ PLY_TYPES: dict[str, str] = {
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }
 
-#: Columns every 3DGS splat PLY must have (Inria layout; see Kerbl et al. 2023,
-#: graphdeco-inria/gaussian-splatting ``GaussianModel.save_ply``).
-REQUIRED_3DGS = (
-    ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
-    + [f"scale_{i}" for i in range(3)]
-    + [f"rot_{i}" for i in range(4)]
-)
 
 #: Header comment prefix that records a dropped constant column.
 CONSTANT_COMMENT = "constant_field"
@@ -299,22 +293,13 @@ def validate_3dgs(header: PlyHeader) -> None:
             "the qat-3dgs presets handle vanilla 3DGS only. Scaffold-GS needs the 'scaffold' preset, "
             "which is not implemented yet (planned in a later issue)"
         )
-    missing = [n for n in REQUIRED_3DGS if n not in names]
+    missing = [n for n in REQUIRED_PROPERTIES if n not in names]
     if missing:
         raise InputError(f"{header.path}: not a 3DGS splat PLY, missing columns: {', '.join(missing)}")
     types = {p.name: p.ply_type for p in el.properties}
-    bad = [f"{n} ({types[n]})" for n in REQUIRED_3DGS if PLY_TYPES[types[n]] != "f4"]
+    bad = [f"{n} ({types[n]})" for n in REQUIRED_PROPERTIES if PLY_TYPES[types[n]] != "f4"]
     if bad:
         raise InputError(f"{header.path}: 3DGS columns must be float32, got: {', '.join(bad)}")
-
-
-def sh_degree(names: list[str]) -> int:
-    """SH degree implied by the number of ``f_rest_*`` columns (0, 9, 24, 45 -> 0..3)."""
-    n_rest = sum(1 for n in names if n.startswith("f_rest_"))
-    for d in range(5):
-        if 3 * ((d + 1) ** 2 - 1) == n_rest:
-            return d
-    raise InputError(f"{n_rest} f_rest_* columns do not match any SH degree (expected 0, 9, 24 or 45)")
 
 
 def bits_hex(value: np.ndarray) -> str:

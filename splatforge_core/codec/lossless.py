@@ -32,11 +32,11 @@ import numpy as np
 
 from ..errors import InputError, SplatForgeError
 from ..log import get_logger
+from ..splat import REQUIRED_PROPERTIES
 from .layout import (
     CODEC_COMMENT,
     CONSTANT_COMMENT,
     PLY_TYPES,
-    REQUIRED_3DGS,
     PlyHeader,
     SplatBody,
     bits_hex,
@@ -341,7 +341,7 @@ def encode_ply(
     verts = body.vertices
     consts = constant_columns(verts)
     if keep_required:
-        consts = {k: v for k, v in consts.items() if k not in REQUIRED_3DGS}
+        consts = {k: v for k, v in consts.items() if k not in REQUIRED_PROPERTIES}
     if verts.dtype.names and len(consts) == len(verts.dtype.names):
         # keep one column so the vertex element keeps a record (and its count) readable
         consts.pop(verts.dtype.names[0])

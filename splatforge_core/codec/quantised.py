@@ -39,7 +39,8 @@ from ..errors import InputError
 from ..io import atomic_path
 from ..log import get_logger
 from .container import read_container, write_container
-from .layout import PlyHeader, map_file, bits_hex, hex_to_bytes, parse_header, read_body, sh_degree
+from ..splat import sh_degree_from_names
+from .layout import PlyHeader, map_file, bits_hex, hex_to_bytes, parse_header, read_body
 from .lossless import EncodeResult, _value_for_report, constant_columns
 
 log = get_logger("codec")
@@ -149,7 +150,7 @@ def _unplanes(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
 def quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, list]:
     """Quantise a structured vertex array [N] (Inria layout). Returns (metadata, blocks)."""
     names = list(verts.dtype.names)
-    deg = sh_degree(names)
+    deg = sh_degree_from_names(names)
     n = len(verts)
     g = _column_groups(deg)
     bits = {"pos": opts.position_bits, "scale": 8, "dc": 8, "rest": opts.sh_bits, "opacity": 8,
@@ -302,7 +303,7 @@ def render_splat(v: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, size: int,
 
     fn = render_fn or _default_render_fn()
     names = list(v.dtype.names)
-    deg = sh_degree(names)
+    deg = sh_degree_from_names(names)
     K = (deg + 1) ** 2
     n = len(v)
     means = torch.from_numpy(_cols(v, ["x", "y", "z"]).astype(np.float32))

@@ -35,7 +35,8 @@ import numba
 import numpy as np
 
 from ..log import get_logger
-from .mesh import Splat, quat_to_rotmat
+from ..rotations import quat_to_rotmat
+from .mesh import Splat
 
 _LOG = get_logger("export.bake")
 

@@ -14,13 +14,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..log import get_logger
+from ..rotations import quat_to_rotmat
+from ..splat import SH_C0, read_splat_ply, sigmoid
 
 _LOG = get_logger("export.mesh")
-
-#: Zeroth-order real spherical-harmonic constant, 1 / (2 sqrt(pi)); colour = 0.5 + C0 * f_dc
-#: (Inria 3DGS ``utils/sh_utils.py`` ``SH2RGB``).
-SH_C0 = 0.28209479177387814
-
 
 @dataclass
 class Splat:
@@ -52,13 +49,11 @@ class Splat:
 def _read_splat_ply(path: str | Path) -> Splat:
     """Read an Inria-3DGS splat PLY into a :class:`Splat` (float64, activated values).
 
-    Parsing and validation are :func:`splatforge_core.train.ply.read_splat_ply`'s (missing file,
+    Parsing and validation are :func:`splatforge_core.splat.read_splat_ply`'s (missing file,
     not a PLY, missing columns, empty, NaN/Inf: InputError naming the file); here the
     quaternions are normalised (InputError for zero-length ones), scales exponentiated and
     opacities passed through the sigmoid.
     """
-    from ..train.ply import read_splat_ply
-
     path = Path(path)
     d = read_splat_ply(path)
     n = len(d["means"])
@@ -68,28 +63,12 @@ def _read_splat_ply(path: str | Path) -> Splat:
         raise InputError(f"{path}: {int((qn[:, 0] < 1e-12).sum())} Gaussian(s) have a zero rotation quaternion")
     quats = quats / qn
     scales = np.exp(np.clip(d["scales"].astype(np.float64), -30.0, 30.0))
-    opac = 1.0 / (1.0 + np.exp(-np.clip(d["opacities"].astype(np.float64), -60, 60)))
+    opac = sigmoid(d["opacities"])
     dc = d["sh0"].astype(np.float64)
     sh = np.concatenate([d["sh0"][:, None, :], d["shN"]], axis=1).astype(np.float32)
     assert sh.shape == (n, (d["sh_degree"] + 1) ** 2, 3)
     colors = np.clip(0.5 + SH_C0 * dc, 0.0, 1.0)
     return Splat(d["means"].astype(np.float64), quats, scales, opac, colors, sh, path)
-
-
-def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
-    """[N, 4] unit quaternions (wxyz) -> [N, 3, 3] rotation matrices (local -> world)."""
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    r = np.empty((q.shape[0], 3, 3), dtype=np.float64)
-    r[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    r[:, 0, 1] = 2 * (x * y - w * z)
-    r[:, 0, 2] = 2 * (x * z + w * y)
-    r[:, 1, 0] = 2 * (x * y + w * z)
-    r[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    r[:, 1, 2] = 2 * (y * z - w * x)
-    r[:, 2, 0] = 2 * (x * z - w * y)
-    r[:, 2, 1] = 2 * (y * z + w * x)
-    r[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return r
 
 
 def check_geometry(splat: Splat, min_gaussians: int, flatness_tol: float) -> None:

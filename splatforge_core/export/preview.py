@@ -18,6 +18,7 @@ import numpy as np
 
 from ..io import atomic_path
 from ..log import get_logger
+from ..splat import sh_degree_from_rest
 from .bake import raster_triangles
 from .mesh import _read_splat_ply
 
@@ -82,7 +83,7 @@ def render_splat(splat, viewmat: np.ndarray, K: np.ndarray, width: int, height: 
 
     from ..render import rasterization
 
-    deg = int(round(math.sqrt(splat.sh.shape[1]))) - 1
+    deg = sh_degree_from_rest(splat.sh.shape[1] - 1)
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     with torch.no_grad():
         col, _, _ = rasterization(t(splat.means), t(splat.quats), t(splat.scales), t(splat.opacities),

@@ -6,38 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .mesh import SH_C0
-
-
-def rotmat_to_quat(r: np.ndarray) -> np.ndarray:
-    """[N, 3, 3] rotation matrices -> [N, 4] unit quaternions, wxyz (Shepperd's method)."""
-    n = r.shape[0]
-    q = np.empty((n, 4))
-    tr = r[:, 0, 0] + r[:, 1, 1] + r[:, 2, 2]
-    cands = np.stack([tr, r[:, 0, 0], r[:, 1, 1], r[:, 2, 2]], axis=1)
-    k = np.argmax(cands, axis=1)
-    for case in range(4):
-        m = k == case
-        if not m.any():
-            continue
-        R = r[m]
-        if case == 0:
-            s = np.sqrt(1.0 + tr[m]) * 2
-            q[m] = np.stack([0.25 * s, (R[:, 2, 1] - R[:, 1, 2]) / s, (R[:, 0, 2] - R[:, 2, 0]) / s,
-                             (R[:, 1, 0] - R[:, 0, 1]) / s], axis=1)
-        elif case == 1:
-            s = np.sqrt(1.0 + R[:, 0, 0] - R[:, 1, 1] - R[:, 2, 2]) * 2
-            q[m] = np.stack([(R[:, 2, 1] - R[:, 1, 2]) / s, 0.25 * s, (R[:, 0, 1] + R[:, 1, 0]) / s,
-                             (R[:, 0, 2] + R[:, 2, 0]) / s], axis=1)
-        elif case == 2:
-            s = np.sqrt(1.0 + R[:, 1, 1] - R[:, 0, 0] - R[:, 2, 2]) * 2
-            q[m] = np.stack([(R[:, 0, 2] - R[:, 2, 0]) / s, (R[:, 0, 1] + R[:, 1, 0]) / s, 0.25 * s,
-                             (R[:, 1, 2] + R[:, 2, 1]) / s], axis=1)
-        else:
-            s = np.sqrt(1.0 + R[:, 2, 2] - R[:, 0, 0] - R[:, 1, 1]) * 2
-            q[m] = np.stack([(R[:, 1, 0] - R[:, 0, 1]) / s, (R[:, 0, 2] + R[:, 2, 0]) / s,
-                             (R[:, 1, 2] + R[:, 2, 1]) / s, 0.25 * s], axis=1)
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
+from ..rotations import rotmat_to_quat
+from ..splat import SH_C0
 
 
 def sphere_colour(points: np.ndarray, centre: np.ndarray) -> np.ndarray:

@@ -13,8 +13,9 @@ Stages (one module each, hloc style, each a plain ``main(...)``):
 * :mod:`.align` -- robust similarity (Sim3d) from the SfM frame centres to their ENU GPS
   positions; ``aligned/`` model in ENU metres (Z up) and ``alignment.json`` with residuals.
 
-This file holds the helpers the stages share: reading ``views.json`` (schema in
-``docs/formats.md``). Options dataclasses are built from a plain config dict by
+This file holds the helpers the stages share (no stage imports another): reading ``views.json``
+(schema in ``docs/formats.md``), the pycolmap device option, removing temporaries of killed runs, reading ``pairs.txt``.
+Options dataclasses are built from a plain config dict by
 :func:`splatforge_core.options.build_options`.
 """
 
@@ -26,8 +27,28 @@ from typing import Any
 
 from ..errors import InputError
 from ..io import read_json
+from ..log import get_logger
+
+log = get_logger("sfm")
 
 SCHEMA_VERSION = 1
+
+#: Values of the extract and match stages' ``device`` option.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def colmap_device(name: str):
+    """The ``pycolmap.Device`` of a ``device`` option value (one of :data:`DEVICES`)."""
+    import pycolmap
+
+    return {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}[name]
+
+
+def remove_stale_temporaries(dest: Path) -> None:
+    """Delete temporary databases a killed run left beside ``dest`` (``.{stem}.*.tmp.db*``)."""
+    for p in dest.parent.glob(f".{dest.stem}.*.tmp{dest.suffix}*"):
+        log.warning("removing %s left by a killed run", p)
+        p.unlink(missing_ok=True)
 
 
 def load_views(views_path: str | os.PathLike) -> dict[str, Any]:
@@ -68,3 +89,17 @@ def load_views(views_path: str | os.PathLike) -> dict[str, Any]:
 def is_rig_frame(frame: dict) -> bool:
     """True when a views.json frame is a panorama (several views or names ``view/frame.jpg``)."""
     return len(frame["images"]) > 1 or any("/" in n for n in frame["images"].values())
+
+
+def read_pairs(pairs_path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Read ``pairs.txt``; raise InputError naming the line that is not ``name1 name2``."""
+    out = []
+    with open(pairs_path, encoding="utf-8") as f:
+        for k, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise InputError(f"{pairs_path}:{k}: expected 'name1 name2', got {line.strip()!r}")
+            out.append((parts[0], parts[1]))
+    return out

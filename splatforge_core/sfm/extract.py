@@ -30,12 +30,9 @@ from ..errors import InputError
 from ..io import atomic_path
 from ..log import get_logger
 from ..options import build_options
-from . import is_rig_frame, load_views
+from . import DEVICES, colmap_device, is_rig_frame, load_views, remove_stale_temporaries
 
 log = get_logger("sfm.extract")
-
-DEVICES = ("auto", "cpu", "cuda")
-
 
 @dataclass(frozen=True)
 class ExtractOptions:
@@ -196,17 +193,6 @@ def _write_masks(views: dict, names: list[str], mask_dir: Path, rig_masks: bool 
     return n
 
 
-def _device(name: str) -> pycolmap.Device:
-    return {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}[name]
-
-
-def remove_stale_temporaries(dest: Path) -> None:
-    """Delete temporary databases a killed run left beside ``dest`` (``.{stem}.*.tmp.db*``)."""
-    for p in dest.parent.glob(f".{dest.stem}.*.tmp{dest.suffix}*"):
-        log.warning("removing %s left by a killed run", p)
-        p.unlink(missing_ok=True)
-
-
 def main(
     images_dir: str | os.PathLike,
     views_path: str | os.PathLike,
@@ -281,7 +267,7 @@ def main(
             if n_masked:
                 reader.mask_path = mask_dir
             pycolmap.extract_features(tmp, images_dir, image_names=names, reader_options=reader,
-                                      extraction_options=ext, device=_device(opts.device))
+                                      extraction_options=ext, device=colmap_device(opts.device))
         with pycolmap.Database.open(tmp) as db:
             pycolmap.apply_rig_config([cfg] if cfg is not None else [], db)
             counts = {im.name: db.num_keypoints_for_image(im.image_id) for im in db.read_all_images()}

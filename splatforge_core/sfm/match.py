@@ -27,8 +27,7 @@ from ..errors import InputError
 from ..io import atomic_path
 from ..log import get_logger
 from ..options import build_options
-from .extract import DEVICES, _device, remove_stale_temporaries
-from .pairs import read_pairs
+from . import DEVICES, colmap_device, read_pairs, remove_stale_temporaries
 
 log = get_logger("sfm.match")
 
@@ -144,7 +143,7 @@ def main(
     with atomic_path(database_path) as tmp:
         shutil.copyfile(features_path, tmp)
         pycolmap.match_image_pairs(tmp, matching_options=mopts, pairing_options=popts,
-                                   verification_options=vopts, device=_device(opts.device))
+                                   verification_options=vopts, device=colmap_device(opts.device))
         with pycolmap.Database.open(tmp) as db:
             n_matched = db.num_matched_image_pairs()
             _, inliers = db.read_two_view_geometry_num_inliers()

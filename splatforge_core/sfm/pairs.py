@@ -135,20 +135,6 @@ def main(views_path: str | os.PathLike, pairs_path: str | os.PathLike, options: 
     return stats
 
 
-def read_pairs(pairs_path: str | os.PathLike) -> list[tuple[str, str]]:
-    """Read ``pairs.txt``; raise InputError naming the line that is not ``name1 name2``."""
-    out = []
-    with open(pairs_path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise InputError(f"{pairs_path}:{k}: expected 'name1 name2', got {line.strip()!r}")
-            out.append((parts[0], parts[1]))
-    return out
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("views")
     p.add_argument("pairs_txt")

@@ -215,7 +215,85 @@ def run_geovisio360(cores: int, skip_run: bool) -> None:
         if not skip_run:
             res[f"{scene}_wall_s"] = _snakemake(f"work/{scene}/splat/metrics.json", cores)
         res[scene] = scene_numbers(scene, ref, panos)
+    res["diagnosis"] = diagnose("geovisio360_nomask", panos)
     _save("geovisio360", res)
+
+
+def diagnose(scene: str, panos: Path) -> dict:
+    """Rule the candidate causes in or out on an unmasked scene's matched database.
+
+    * where the verified (inlier) matches lie: on the sky (:func:`splatforge_core.masks.sky_mask`
+      of each panorama), in the nadir (latitude below -45 deg, the operator), and how many of
+      the nadir ones are static (same view, < 3 px apart: points moving with the camera);
+    * the map rebuilt (same global mapper options) from the same database with the sky's
+      inlier matches removed: walking directions against the sky-free two-view estimate;
+    * exposure: mean brightness of each panorama's upper half.
+    """
+    import shutil
+
+    import cv2
+    import pycolmap
+
+    from splatforge_core.masks import sky_mask
+    from splatforge_core.sfm.mapping import MapOptions, run_mapper
+
+    w = REPO / "work" / scene
+    views = json.loads((w / "views.json").read_text())
+    cam = {c["view"]: c for c in views["cameras"]}
+    sky = {}
+    bright = {}
+    for p in sorted(panos.glob("*.jpg")):
+        img = cv2.imread(str(p), cv2.IMREAD_REDUCED_COLOR_4)
+        sky[p.name] = sky_mask(cv2.resize(img, (720, 360), interpolation=cv2.INTER_AREA))
+        bright[p.name] = float(img[: img.shape[0] // 2].mean())
+    d = WORK / f"diagnose_{scene}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    db_path = d / "database.db"
+    shutil.copyfile(w / "colmap" / "database.db", db_path)
+    counts = {"inliers": 0, "sky": 0, "nadir": 0, "nadir_static": 0}
+    with pycolmap.Database.open(db_path) as db:
+        names = {im.image_id: im.name for im in db.read_all_images()}
+        cache: dict[int, tuple] = {}
+
+        def info(iid):
+            if iid not in cache:
+                v, f = names[iid].split("/")
+                c = cam[v]
+                fx, fy, cx, cy = c["params"]
+                kp = db.read_keypoints(iid)[:, :2]
+                r = np.stack([(kp[:, 0] - cx) / fx, (kp[:, 1] - cy) / fy, np.ones(len(kp))], 1) @ np.array(c["cam_from_rig"]["rotation"])
+                lon = np.arctan2(r[:, 0], r[:, 2])
+                lat = np.arctan2(-r[:, 1], np.hypot(r[:, 0], r[:, 2]))
+                m = sky[f]
+                u = np.clip(((lon / (2 * np.pi) + 0.5) * 720).astype(int), 0, 719)
+                vv = np.clip(((0.5 - lat / np.pi) * 360).astype(int), 0, 359)
+                cache[iid] = (m[vv, u], np.degrees(lat), kp, v)
+            return cache[iid]
+
+        for pid, tvg in zip(*db.read_two_view_geometries()):
+            a, b = pycolmap.pair_id_to_image_pair(pid)
+            m = tvg.inlier_matches
+            if len(m) == 0:
+                continue
+            (sa, la, ka, va), (sb, lb, kb, vb) = info(a), info(b)
+            on_sky = sa[m[:, 0]] | sb[m[:, 1]]
+            nadir = (la[m[:, 0]] < -45) | (lb[m[:, 1]] < -45)
+            counts["inliers"] += len(m)
+            counts["sky"] += int(on_sky.sum())
+            counts["nadir"] += int(nadir.sum())
+            if va == vb:
+                counts["nadir_static"] += int((nadir & (np.linalg.norm(ka[m[:, 0]] - kb[m[:, 1]], axis=1) < 3)).sum())
+            tvg.inlier_matches = m[~on_sky]
+            db.update_two_view_geometry(a, b, tvg)
+    recs = run_mapper(db_path, w / "images", d, MapOptions(), rig=True)
+    best = max(recs.values(), key=lambda r: r.num_reg_images())
+    (d / "model").mkdir()
+    best.write(d / "model")
+    return {"matches": counts, "sky_free_map": {"num_points3D": int(best.num_points3D()),
+                                                "reprojection_px": float(best.compute_mean_reprojection_error()),
+                                                "walking": walking_directions(d / "model", panos)},
+            "upper_half_brightness": bright}
 
 
 # ---- snowmiku --------------------------------------------------------------------------------
@@ -312,6 +390,35 @@ def write_table() -> None:
         row("training-view PSNR (dB)", lambda d: d["train"]["final_train_views"]["psnr"])
         row("held-out PSNR / SSIM", lambda d: f"{d['train']['final']['psnr']:.2f} dB / {d['train']['final']['ssim']:.3f}")
         row("held-out frames", lambda d: ", ".join(d["train"]["test_frames"]))
+        dg = g.get("diagnosis")
+        if dg:
+            mc = dg["matches"]
+            sw = dg["sky_free_map"]
+            br = list(dg["upper_half_brightness"].values())
+            L += ["", "### Why the walk rendered the wrong place (candidates, each measured)", "",
+                  f"- **Clouds (the cause).** Of the {mc['inliers']} verified inlier matches of the unmasked run, "
+                  f"{mc['sky']} ({mc['sky'] / mc['inliers']:.0%}) lie on the sky. Clouds drift between shots taken 2 s "
+                  "apart; two-view RANSAC explains the drift as the parallax of a sideways translation, so the "
+                  "frame pairs' relative translations and then the global positions came out 70-120 deg off the "
+                  "walking direction. Removing only the sky's matches from the same database and mapping again "
+                  f"gives walking directions within {sw['walking']['median_diff_deg']:.1f} deg (median, max "
+                  f"{sw['walking']['max_diff_deg']:.1f}) of the sky-free two-view estimate, reprojection "
+                  f"{sw['reprojection_px']:.2f} px.",
+                  "- **Wrong rotations: ruled out.** Per-frame rotations agree with pycolmap.panorama within "
+                  "0.4 deg before and after (table above); the yaw steps also match a phase correlation of the "
+                  "panoramas' far field. Only the translations were wrong.",
+                  "- **Rig convention of the GoPro panoramas: ruled out.** GPano pose heading/pitch/roll are 0/0/0 "
+                  "(levelled output), the seam is at the back (lon +-180), image up is -y; pycolmap.panorama, "
+                  "with its own projection code, finds the same rotations.",
+                  f"- **The operator: not the SfM cause.** {mc['nadir']} inlier matches lie below latitude -45 deg "
+                  f"({mc['nadir_static']} of them static: same view, < 3 px); rig verification already rejects "
+                  "most of them. Training learned the operator as scene, though: now masked (loss and metrics).",
+                  "- **Held-out selection: fixed.** Every 8th frame of 5 is frame 1, the first of the walk "
+                  "(extrapolation); the held-out frame is now interior (frame 3).",
+                  f"- **Exposure: ruled out.** Mean brightness of the panoramas' upper halves {min(br):.1f}-{max(br):.1f} "
+                  f"(spread {100 * (max(br) - min(br)) / np.mean(br):.1f}%).",
+                  "- **Camera-to-training handoff: ruled out** by the training-view PSNR after the fix (same loader: "
+                  "intrinsics, view rotations and image/pose pairing unchanged)."]
         ref = a.get("ref_walking") or b.get("ref_walking")
         if ref:
             L += ["", f"pycolmap.panorama's own walking directions (no sky mask) differ from the sky-free two-view "

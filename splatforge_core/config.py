@@ -124,7 +124,7 @@ def load_class_from_source(module: str, name: str) -> type | None:
     checks are the same.
 
     Args:
-        module: dotted module name, e.g. ``"splatforge_core.train.trainer"``.
+        module: dotted module name, e.g. ``"splatforge_core.train.options"``.
         name: class name in that module.
 
     Returns:
@@ -194,7 +194,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("align", "splatforge_core.sfm.align:AlignOptions"),
     Section("export", "splatforge_core.export:ExportOptions", workflow_values={"crop_box": ("auto",)}),
     Section("compress", "splatforge_core.codec:CodecOptions", rule_keys={"preset": _check_preset}),
-    Section("train", "splatforge_core.train.trainer:TrainOptions"),
+    Section("train", "splatforge_core.train.options:TrainOptions"),
 )
 
 #: Section path -> :class:`Section`.

@@ -22,7 +22,12 @@ parameterisation and defaults of gsplat 1.5.3 ``examples/simple_trainer.py``):
 
 Outputs in ``out_dir``: ``checkpoints/ckpt_*.pt``, ``metrics.json``, ``renders.png`` (render
 | ground truth for a few held-out views), ``curve.png`` (training curve), ``splat.ply``
-(hard link to / copy of ``ply_path``); and ``ply_path`` (Inria layout, see ``ply.py``).
+(hard link to / copy of ``ply_path``); and ``ply_path`` (Inria layout, see
+:mod:`splatforge_core.splat`).
+
+Modules: :mod:`.options` (:class:`TrainOptions`), :mod:`.init` (initial Gaussians, sky
+sphere), :mod:`.strategy` (densification strategies), this module (the :class:`Trainer` loop,
+out-of-memory tiers, :func:`main`, :func:`cli`), :mod:`.data`, :mod:`.metrics`, :mod:`.checkpoint`.
 
 CPU defaults: images downscaled to ``cpu_max_side`` pixels on the longer side and
 ``cpu_iterations`` steps (sized to fit the whole demo workflow in 10 minutes on 2 cores; see
@@ -32,374 +37,33 @@ CPU defaults: images downscaled to ``cpu_max_side`` pixels on the longer side an
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+from gsplat.strategy.ops import remove
 
 from ..errors import InputError, SplatForgeError
 from ..io import atomic_path, read_json, write_json
 from ..log import get_logger, setup_logging
+from ..splat import write_splat_ply
 from .checkpoint import load_latest_checkpoint, save_checkpoint
 from .data import SceneData, View, load_scene
+from .init import init_gaussians, sky_sphere
 from .metrics import psnr, save_comparison_png, save_curve_png, ssim, try_load_lpips
-from .ply import write_splat_ply
+from .options import TrainOptions
+from .strategy import get_recipe, refine_schedule
 
 _LOG = get_logger("train")
-SH_C0 = 0.28209479177387814  # Y_0^0, as in gsplat/3DGS RGB2SH
 
-__all__ = ["TrainOptions", "main", "cli", "init_gaussians", "refine_schedule"]
-
-
-@dataclass
-class TrainOptions:
-    """Training options (config section ``train``); defaults documented per field.
-
-    iterations: total steps; None -> 30000 on CUDA, ``cpu_iterations`` on CPU.
-    cpu_iterations: default step count on CPU (1500). Measured on the demo (12 panoramas 1.5 m
-        apart, 180 training views of 320x320, 2 threads, ``benchmarks/results/train.md``):
-        held-out PSNR 24.98 dB at 1000 steps and 25.70 dB at 1500 steps (about 5.5 min of
-        training on a quiet machine, 0.13-0.26 s/step from 17k to 100k Gaussians), which keeps
-        the whole demo workflow under 10 minutes on 2 cores (``benchmarks/results/e2e.md``).
-        (On the old demo, 10 panoramas 3 m apart, 3000 steps gave only 22.0 dB: held-out
-        panoramas saw ground no training panorama saw closely; more steps did not help.)
-    max_side: longer image side in pixels on CUDA (None = full resolution).
-    cpu_max_side: longer image side in pixels on CPU (320); images are downscaled with
-        INTER_AREA and K scaled accordingly (never upscaled).
-    sh_degree: final SH degree (0-3), default 3; sh_degree_interval: steps per degree (1000).
-        The PLY and ``metrics.json`` carry the degree the schedule actually reached
-        (:meth:`Trainer.trained_sh_degree`): 1500 CPU steps train degrees 0 and 1 only, and
-        the never-trained (all-zero) degree 2-3 coefficients would be 36 of the 62 floats of
-        every Gaussian in the file.
-    ssim_lambda: SSIM weight in the loss (0.2).
-    means_lr, means_lr_final: positions learning rate x scene scale (metres), decayed
-        exponentially from 1.6e-4 to 1.6e-6; scales_lr 5e-3, quats_lr 1e-3,
-        opacities_lr 5e-2, sh0_lr 2.5e-3, shN_lr 2.5e-3/20.
-    init_opacity (0.1), init_scale (1.0, multiplies the 3-NN distance).
-    sky_points: extra Gaussians on a sphere around the scene for sky / far background, which
-        SfM leaves without points (10,000; 0 = none). Placed on a Fibonacci sphere of radius
-        ``sky_radius`` x the 97th-percentile SfM point distance from the camera centroid,
-        coloured by the mean colour they project to in the training views; exempt from
-        DefaultStrategy's "too big in 3D" pruning (they are far away, so large by design).
-    strategy: "default" (gsplat DefaultStrategy) or "mcmc" (gsplat MCMCStrategy, CUDA only).
-    refine_start, refine_stop, reset_every, refine_every: DefaultStrategy schedule in steps;
-        None -> :func:`refine_schedule`: gsplat defaults 500 / 15000 / 3000 / 100 scaled by
-        iterations / 30000, with short-run floors refine_every >= 100, refine_start >=
-        refine_every, reset_every >= 5 x refine_every, refine_stop = 75 % of runs under 5000
-        steps (1500 CPU steps: 100 / 1125 / 500 / 100). Measured reason: the old linear scaling
-        (2000 steps: 50 / 1000 / 200 / 25) grew the demo from 14k to 91k Gaussians in 100 steps.
-    prune_opa (0.005), grow_grad2d (0.0002), absgrad (False), antialiased (False).
-    mcmc_cap_max: Gaussian budget for MCMC (1,000,000).
-    max_gaussians: cap on the Gaussian count, enforced by budgeted growth (at the cap only
-        the highest-gradient candidates are duplicated/split, nothing is deleted to make room);
-        None -> no cap on CUDA, ``cpu_max_gaussians`` (100,000) on CPU: the demo reached the
-        cap at ~1000 steps; at 1000 steps a 100k cap gave 21.36 dB vs 21.15 dB at 1100 steps
-        with a 60k cap. (The old enforcement,
-        deleting the least opaque Gaussians after each refinement, selected for opacity:
-        on the demo mean opacity went 0.39 -> 1.00 in 200 steps, the sky sphere and fresh
-        splits were deleted, and held-out PSNR fell from 18.4 to 13.1 dB.)
-    oom_tiers: CUDA out-of-memory fallbacks, tried in order: ``[prune_opa, max_gaussians]``
-        each; training restarts from the last checkpoint with that culling.
-    eval_every_n: hold out every n-th frame (8; 0 = no hold-out).
-    eval_offset: index of the first held-out frame (frames sorted by name); None (default):
-        an interior frame, and never the first or last (:func:`~.data.held_out_frame_indices`);
-        0: the Mip-NeRF 360 protocol (which holds out the first frame of a walk).
-    eval_steps: steps (completed) at which held-out views are evaluated, besides the end;
-        None -> [iterations // 2].
-    n_eval_images: held-out views shown in renders.png (3).
-    checkpoint_every: save a checkpoint every this many steps (500) and at the end;
-        keep_checkpoints: how many to keep (2).
-    resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (True).
-    seed: RNG seed (42). device: "auto" | "cpu" | "cuda".
-    background: "black", "white" or "random" (random colour behind the render each step,
-        black at evaluation).
-    progress: show a tqdm progress bar (loss, PSNR, Gaussian count). log_every: history
-        sampling interval in steps (10).
-    """
-
-    iterations: Optional[int] = None
-    cpu_iterations: int = 1500
-    max_side: Optional[int] = None
-    cpu_max_side: int = 320
-    sh_degree: int = 3
-    sh_degree_interval: int = 1000
-    ssim_lambda: float = 0.2
-    means_lr: float = 1.6e-4
-    means_lr_final: float = 1.6e-6
-    scales_lr: float = 5e-3
-    quats_lr: float = 1e-3
-    opacities_lr: float = 5e-2
-    sh0_lr: float = 2.5e-3
-    shN_lr: float = 2.5e-3 / 20
-    init_opacity: float = 0.1
-    init_scale: float = 1.0
-    sky_points: int = 10_000
-    sky_radius: float = 1.5
-    strategy: str = "default"
-    refine_start: Optional[int] = None
-    refine_stop: Optional[int] = None
-    reset_every: Optional[int] = None
-    refine_every: Optional[int] = None
-    prune_opa: float = 0.005
-    grow_grad2d: float = 0.0002
-    absgrad: bool = False
-    antialiased: bool = False
-    mcmc_cap_max: int = 1_000_000
-    max_gaussians: Optional[int] = None
-    cpu_max_gaussians: int = 100_000
-    oom_tiers: List[List[float]] = field(default_factory=lambda: [[0.01, 3_000_000], [0.02, 1_500_000],
-                                                                  [0.05, 750_000]])
-    eval_every_n: int = 8
-    eval_offset: Optional[int] = None
-    eval_steps: Optional[List[int]] = None
-    n_eval_images: int = 3
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    resume: bool = True
-    seed: int = 42
-    device: str = "auto"
-    background: str = "black"
-    progress: bool = True
-    log_every: int = 10
-
-    @classmethod
-    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainOptions":
-        """Build from a plain dict (config section); unknown keys raise InputError."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"train options: unknown key(s) {unknown}; known: {sorted(known)}")
-        opts = cls(**d)
-        opts.validate()
-        return opts
-
-    def validate(self) -> None:
-        """Raise InputError naming the first bad option."""
-        def pos_int(name, v, allow_none=False, allow_zero=False):
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
-                raise InputError(f"train option {name!r} must be a {'non-negative' if allow_zero else 'positive'} "
-                                 f"integer{' or null' if allow_none else ''}, got {v!r}")
-        pos_int("iterations", self.iterations, allow_none=True)
-        pos_int("cpu_iterations", self.cpu_iterations)
-        pos_int("max_side", self.max_side, allow_none=True)
-        pos_int("cpu_max_side", self.cpu_max_side)
-        pos_int("sh_degree_interval", self.sh_degree_interval)
-        pos_int("checkpoint_every", self.checkpoint_every)
-        pos_int("keep_checkpoints", self.keep_checkpoints)
-        pos_int("eval_every_n", self.eval_every_n, allow_zero=True)
-        pos_int("eval_offset", self.eval_offset, allow_none=True, allow_zero=True)
-        pos_int("n_eval_images", self.n_eval_images, allow_zero=True)
-        pos_int("max_gaussians", self.max_gaussians, allow_none=True)
-        pos_int("cpu_max_gaussians", self.cpu_max_gaussians)
-        pos_int("mcmc_cap_max", self.mcmc_cap_max)
-        pos_int("log_every", self.log_every)
-        pos_int("sky_points", self.sky_points, allow_zero=True)
-        if isinstance(self.sky_radius, bool) or not isinstance(self.sky_radius, (int, float)) or self.sky_radius <= 1:
-            raise InputError(f"train option 'sky_radius' must be a number > 1, got {self.sky_radius!r}")
-        for name in ("refine_start", "refine_stop", "reset_every", "refine_every"):
-            pos_int(name, getattr(self, name), allow_none=True)
-        if self.sh_degree not in (0, 1, 2, 3):
-            raise InputError(f"train option 'sh_degree' must be 0..3, got {self.sh_degree!r}")
-        if not 0 <= float(self.ssim_lambda) <= 1:
-            raise InputError(f"train option 'ssim_lambda' must be in [0, 1], got {self.ssim_lambda!r}")
-        if self.strategy not in ("default", "mcmc"):
-            raise InputError(f"train option 'strategy' must be 'default' or 'mcmc', got {self.strategy!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"train option 'device' must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.background not in ("black", "white", "random"):
-            raise InputError(f"train option 'background' must be black/white/random, got {self.background!r}")
-        for name in ("means_lr", "means_lr_final", "scales_lr", "quats_lr", "opacities_lr", "sh0_lr",
-                     "shN_lr", "init_scale", "prune_opa", "grow_grad2d"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise InputError(f"train option {name!r} must be a positive number, got {v!r}")
-        if not 0 < float(self.init_opacity) < 1:
-            raise InputError(f"train option 'init_opacity' must be in (0, 1), got {self.init_opacity!r}")
-        if self.eval_steps is not None and (not isinstance(self.eval_steps, (list, tuple))
-                                            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
-                                                   for s in self.eval_steps)):
-            raise InputError(f"train option 'eval_steps' must be a list of step numbers, got {self.eval_steps!r}")
-        if not isinstance(self.oom_tiers, (list, tuple)) or any(
-                not isinstance(t, (list, tuple)) or len(t) != 2 or not 0 < float(t[0]) < 1 or int(t[1]) < 1
-                for t in self.oom_tiers):
-            raise InputError(f"train option 'oom_tiers' must be a list of [opacity_threshold in (0,1), "
-                             f"max_gaussians >= 1], got {self.oom_tiers!r}")
-
-
-# --------------------------------------------------------------------------------------
-# Initialisation
-# --------------------------------------------------------------------------------------
-
-
-def _knn_mean_dist(points: np.ndarray, k: int = 3) -> np.ndarray:
-    """Mean distance (metres) of each point to its k nearest other points; [P] float32."""
-    from scipy.spatial import cKDTree
-
-    if len(points) < 2:
-        return np.full(len(points), 0.01, np.float32)
-    k_eff = min(k, len(points) - 1)
-    d, _ = cKDTree(points).query(points, k=k_eff + 1)
-    d = np.asarray(d)[:, 1:].mean(1)
-    pos = d[d > 0]
-    floor = float(np.median(pos)) * 1e-2 if pos.size else 1e-3
-    return np.maximum(d, floor).astype(np.float32)
-
-
-def init_gaussians(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_opacity: float = 0.1,
-                   init_scale: float = 1.0, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """Gaussian parameters from SfM points (gsplat simple_trainer ``create_splats_with_optimizers``).
-
-    Args:
-        points: [P, 3] float positions (metres). colors: [P, 3] float RGB in [0, 1].
-        sh_degree: SH degree of the model (0-3). init_opacity: opacity in (0, 1).
-        init_scale: factor on the 3-NN mean distance. seed: RNG seed for the quaternions.
-
-    Returns:
-        float32 CPU tensors: ``means`` [P, 3], ``scales`` [P, 3] (log), ``quats`` [P, 4]
-        (wxyz, unit), ``opacities`` [P] (logit), ``sh0`` [P, 1, 3], ``shN`` [P, K-1, 3].
-    """
-    g = torch.Generator().manual_seed(seed)
-    n = len(points)
-    dist = torch.from_numpy(_knn_mean_dist(points)) * init_scale
-    quats = torch.rand(n, 4, generator=g)
-    quats = quats / quats.norm(dim=-1, keepdim=True)
-    k = (sh_degree + 1) ** 2
-    return {
-        "means": torch.from_numpy(np.asarray(points, np.float32)).clone(),
-        "scales": torch.log(dist)[:, None].repeat(1, 3),
-        "quats": quats,
-        "opacities": torch.logit(torch.full((n,), float(init_opacity))),
-        "sh0": ((torch.from_numpy(np.asarray(colors, np.float32)) - 0.5) / SH_C0)[:, None, :].clone(),
-        "shN": torch.zeros(n, k - 1, 3),
-    }
-
-
-# --------------------------------------------------------------------------------------
-# Trainer
-# --------------------------------------------------------------------------------------
-
-
-def sky_sphere(scene: SceneData, n: int, radius_factor: float, max_views: int = 32):
-    """Points for sky / far background: ``(points [n, 3], colors [n, 3], centre [3], radius)``.
-
-    A Fibonacci sphere (uniform directions) around the camera centroid with radius
-    ``radius_factor`` x the 97th-percentile SfM point distance from it (metres); each point's
-    colour is the mean of the pixels it projects to in up to ``max_views`` training views
-    (grey 0.5 if it is seen in none).
-    """
-    views = scene.train
-    centres = np.array([-v.viewmat[:3, :3].T @ v.viewmat[:3, 3] for v in views])
-    c = centres.mean(0)
-    radius = radius_factor * float(np.percentile(np.linalg.norm(scene.points - c, axis=1), 97))
-    radius = max(radius, radius_factor * scene.scene_scale)
-    i = np.arange(n) + 0.5
-    z = 1 - 2 * i / n
-    phi = np.pi * (1 + 5 ** 0.5) * i
-    r = np.sqrt(1 - z * z)
-    pts = c + radius * np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
-    acc = np.zeros((n, 3))
-    cnt = np.zeros(n)
-    for v in views[:: max(1, len(views) // max_views)]:
-        xc = pts @ v.viewmat[:3, :3].T + v.viewmat[:3, 3]
-        ok = xc[:, 2] > 1e-6
-        uv = (xc[ok] @ v.K.T)[:, :2] / xc[ok, 2:3]
-        u, w = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
-        inb = (u >= 0) & (u < v.width) & (w >= 0) & (w < v.height)
-        idx = np.flatnonzero(ok)[inb]
-        acc[idx] += v.image[w[inb], u[inb]] / 255.0
-        cnt[idx] += 1
-    col = np.where(cnt[:, None] > 0, acc / np.maximum(cnt, 1)[:, None], 0.5)
-    return pts.astype(np.float32), col.astype(np.float32), c.astype(np.float32), radius
-
-
-def _sky_aware_default_strategy(sky_centre, sky_min_radius, cap_fn=None, **kw):
-    """gsplat DefaultStrategy with two changes, otherwise gsplat 1.5.3's own code
-    (low-opacity pruning, duplicate/split, opacity resets):
-
-    * 'too big' pruning skips Gaussians beyond ``sky_min_radius`` (metres) of ``sky_centre``:
-      the sky sphere's Gaussians are large by design.
-    * budgeted growth: ``cap_fn()`` (a Gaussian count or None) caps the count *during*
-      growth: when more Gaussians pass ``grow_grad2d`` than the cap leaves room for (each
-      duplicate or split adds one), only those with the highest mean 2D gradient grow. (The
-      earlier approach, growing freely and then deleting the least opaque Gaussians down to
-      the cap, deleted fresh split children and whole regions on the demo scene.)
-    """
-    from gsplat.strategy import DefaultStrategy
-    from gsplat.strategy.ops import remove
-
-    class SkyAwareDefaultStrategy(DefaultStrategy):
-        @torch.no_grad()
-        def _grow_gs(self, params, optimizers, state, step):
-            cap = cap_fn() if cap_fn is not None else None
-            if cap is not None:
-                grads = state["grad2d"] / state["count"].clamp_min(1)
-                cand = grads > self.grow_grad2d
-                budget = max(0, cap - len(params["means"]))
-                n_cand = int(cand.sum())
-                if n_cand > budget:
-                    # drop all but the `budget` highest-gradient candidates (their statistics
-                    # are zeroed right after refinement anyway, see DefaultStrategy)
-                    keep = torch.zeros_like(cand)
-                    if budget:
-                        idx = torch.nonzero(cand).flatten()
-                        keep[idx[torch.topk(grads[idx], budget).indices]] = True
-                    state["grad2d"][cand & ~keep] = 0.0
-            return super()._grow_gs(params, optimizers, state, step)
-
-        @torch.no_grad()
-        def _prune_gs(self, params, optimizers, state, step):  # gsplat 1.5.3 _prune_gs + sky exemption
-            is_prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
-            if step > self.reset_every:
-                is_too_big = torch.exp(params["scales"]).max(dim=-1).values > self.prune_scale3d * state["scene_scale"]
-                if sky_min_radius is not None:
-                    far = (params["means"] - sky_centre.to(params["means"].device)).norm(dim=-1) > sky_min_radius
-                    is_too_big &= ~far
-                if step < self.refine_scale2d_stop_iter:
-                    is_too_big |= state["radii"] > self.prune_scale2d
-                is_prune = is_prune | is_too_big
-            n_prune = int(is_prune.sum().item())
-            if n_prune > 0:
-                remove(params=params, optimizers=optimizers, state=state, mask=is_prune)
-            return n_prune
-
-    return SkyAwareDefaultStrategy(**kw)
-
-
-def refine_schedule(iterations: int, refine_start: Optional[int] = None, refine_stop: Optional[int] = None,
-                    reset_every: Optional[int] = None, refine_every: Optional[int] = None):
-    """DefaultStrategy schedule ``(refine_start, refine_stop, reset_every, refine_every)`` in steps.
-
-    Explicit values are kept; None -> gsplat's 30k-step defaults (500 / 15000 / 3000 / 100)
-    scaled by ``iterations / 30000`` (simple_trainer's ``steps_scaler``) with floors for short
-    (CPU) runs, measured on the demo scene (``benchmarks/results/train.md``):
-
-    * ``refine_every`` >= 100: the mean 2D gradient that decides growth is averaged over the
-      views seen since the last refinement; over 25 steps (the old linear scaling for 2000
-      steps) most Gaussians are seen once or twice, and the demo grew 14k -> 91k Gaussians in
-      100 steps by splitting almost everything every 25 steps.
-    * ``refine_start`` >= ``refine_every`` (statistics of at least one full interval).
-    * ``refine_stop`` = 75 % of the run below 5000 steps (gsplat: 50 %; a short run needs its
-      few refinements spread out).
-    * ``reset_every`` >= 5 x ``refine_every``: gsplat prunes "too big" Gaussians only after the
-      first reset interval, and an opacity reset every 200 steps would leave a short run no
-      time to recover. (gsplat 1.5.3's reset test ``step % reset_every == 0 & step > 0`` is
-      always False by operator precedence, so it never resets opacities at all.)
-    """
-    s = iterations / 30_000
-    every = refine_every or max(100, round(100 * s))
-    start = refine_start or max(every, round(500 * s))
-    stop = refine_stop or (max(round(0.75 * iterations), 1) if iterations < 5000 else round(15_000 * s))
-    reset = reset_every or max(5 * every, round(3000 * s))
-    return start, stop, reset, every
+# TrainOptions, init_gaussians, sky_sphere and refine_schedule moved to .options, .init and
+# .strategy; re-exported here for the existing ``from splatforge_core.train.trainer import ...``.
+__all__ = ["TrainOptions", "Trainer", "main", "cli", "init_gaussians", "sky_sphere", "refine_schedule"]
 
 
 def _rasterization():
@@ -433,6 +97,7 @@ class Trainer:
         self.np_rng = np.random.default_rng(opts.seed)
         self.order: List[int] = []
         self.lpips_fn, self.lpips_note = try_load_lpips(device)
+        self.recipe = get_recipe(opts.strategy)
         self.sky_centre, self.sky_min_radius, self.sky = None, None, None
         if opts.sky_points:
             pts, col, c, radius = sky_sphere(scene, opts.sky_points, opts.sky_radius)
@@ -441,20 +106,10 @@ class Trainer:
 
     # ---- model / optimisers -----------------------------------------------------------
     def _make_strategy(self):
-        o = self.opts
-        if o.strategy == "mcmc":
-            if self.device.type != "cuda":
-                raise InputError("train option strategy='mcmc' needs CUDA (gsplat's MCMC relocation is a "
-                                 "CUDA kernel); use strategy='default' on CPU")
-            from gsplat.strategy import MCMCStrategy
-
-            return MCMCStrategy(cap_max=o.mcmc_cap_max, refine_start_iter=self.refine_start,
-                                refine_stop_iter=self.refine_stop, refine_every=self.refine_every)
-        return _sky_aware_default_strategy(self.sky_centre, self.sky_min_radius, cap_fn=self._cap,
-                               prune_opa=o.prune_opa, grow_grad2d=o.grow_grad2d,
-                               refine_start_iter=self.refine_start, refine_stop_iter=self.refine_stop,
-                               reset_every=self.reset_every, refine_every=self.refine_every,
-                               absgrad=o.absgrad)
+        """The gsplat strategy of ``opts.strategy`` (:mod:`.strategy`)."""
+        schedule = (self.refine_start, self.refine_stop, self.reset_every, self.refine_every)
+        return self.recipe.build(self.opts, self.device, schedule, self.sky_centre, self.sky_min_radius,
+                                 cap_fn=self._cap)
 
     def _build(self, tensors: Dict[str, torch.Tensor]) -> None:
         o = self.opts
@@ -468,20 +123,16 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizers["means"], gamma=gamma)
         self.strategy = self._make_strategy()
         self.strategy.check_sanity(self.params, self.optimizers)
-        if o.strategy == "mcmc":
-            self.strategy_state = self.strategy.initialize_state()
-        else:
-            self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene.scene_scale)
+        self.strategy_state = self.recipe.initialize_state(self.strategy, self.scene.scene_scale)
 
     def init_fresh(self) -> None:
         o = self.opts
-        mcmc = o.strategy == "mcmc"  # simple_trainer uses opacity 0.5, scale x0.1 for MCMC
+        init_opacity, init_scale = self.recipe.init_opacity_scale(o)
         pts, cols = self.scene.points, self.scene.colors
         if self.sky is not None:
             pts, cols = np.concatenate([pts, self.sky[0]]), np.concatenate([cols, self.sky[1]])
         t = init_gaussians(pts, cols, o.sh_degree,
-                           init_opacity=0.5 if mcmc else o.init_opacity,
-                           init_scale=o.init_scale * (0.1 if mcmc else 1.0), seed=o.seed)
+                           init_opacity=init_opacity, init_scale=init_scale, seed=o.seed)
         self._build(t)
         torch.manual_seed(o.seed)
         random.seed(o.seed)
@@ -554,16 +205,14 @@ class Trainer:
     @torch.no_grad()
     def _apply_tier(self) -> None:
         """Set the tier's pruning threshold and cull now (tier 0: only the Gaussian cap)."""
-        if self.tier and self.opts.strategy == "default":
-            self.strategy.prune_opa = max(self.opts.prune_opa, float(self.opts.oom_tiers[self.tier - 1][0]))
-        if self.tier and self.opts.strategy == "mcmc":  # MCMC grows to cap_max: lower the budget
-            self.strategy.cap_max = min(self.strategy.cap_max, int(self.opts.oom_tiers[self.tier - 1][1]))
-        self._cull(self.strategy.prune_opa if self.tier and self.opts.strategy == "default" else None)
+        min_opacity = None
+        if self.tier:
+            tier_opacity, tier_cap = self.opts.oom_tiers[self.tier - 1]
+            min_opacity = self.recipe.apply_tier(self.strategy, self.opts, tier_opacity, tier_cap)
+        self._cull(min_opacity)
 
     @torch.no_grad()
     def _cull(self, min_opacity: Optional[float] = None) -> int:
-        from gsplat.strategy.ops import remove
-
         opa = torch.sigmoid(self.params["opacities"].flatten())
         mask = torch.zeros_like(opa, dtype=torch.bool)
         if min_opacity is not None:
@@ -577,9 +226,8 @@ class Trainer:
             mask[keep_idx] = False
         n = int(mask.sum())
         if n:
-            # MCMC's state holds no per-Gaussian tensors (only a binomial table): pass none
-            state = self.strategy_state if self.opts.strategy == "default" else {}
-            remove(params=self.params, optimizers=self.optimizers, state=state, mask=mask)
+            remove(params=self.params, optimizers=self.optimizers,
+                   state=self.recipe.per_gaussian_state(self.strategy_state), mask=mask)
         return n
 
     @torch.no_grad()
@@ -699,23 +347,17 @@ class Trainer:
                 self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, self.step, info)
                 l1 = torch.abs(pred - gt).mean()
                 loss = (1 - o.ssim_lambda) * l1 + o.ssim_lambda * (1 - ssim(pred, gt))
-                if o.strategy == "mcmc":  # simple_trainer's MCMC regularisers (opacity, scale 0.01)
-                    loss = loss + 0.01 * torch.sigmoid(self.params["opacities"]).mean() \
-                        + 0.01 * torch.exp(self.params["scales"]).mean()
+                loss = self.recipe.add_loss_terms(loss, self.params)
                 loss.backward()
                 self._zero_nonfinite_grads()
                 for opt in self.optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 self.scheduler.step()
-                if o.strategy == "mcmc":
-                    self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state,
-                                                     self.step, info, lr=self.scheduler.get_last_lr()[0])
-                else:
-                    self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state,
-                                                     self.step, info, packed=False)
-                    if self._cap() is not None and len(self.params["means"]) > self._cap():
-                        self._cull()
+                self.recipe.step_post_backward(self.strategy, self.params, self.optimizers, self.strategy_state,
+                                               self.step, info, lr=self.scheduler.get_last_lr()[0])
+                if self.recipe.culls_to_cap and self._cap() is not None and len(self.params["means"]) > self._cap():
+                    self._cull()
                 self.step += 1
                 now = time.perf_counter()
                 self.train_seconds += now - t_last
@@ -739,6 +381,7 @@ class Trainer:
             bar.close()
 
 
+
 def _oom_types():
     types = [getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)]
     return tuple({t for t in types if t is not None})
@@ -752,46 +395,9 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
-         views_path: Optional[str | os.PathLike], out_dir: str | os.PathLike,
-         ply_path: str | os.PathLike, options: Dict[str, Any] | TrainOptions | None = None) -> Dict[str, Any]:
-    """Train a splat and write ``ply_path`` plus ``out_dir``'s metrics, figures and checkpoints.
-
-    Args:
-        aligned_dir: COLMAP model (ENU metres; PINHOLE, SIMPLE_PINHOLE, or SIMPLE_RADIAL /
-            RADIAL / OPENCV which are undistorted on load).
-        images_dir: folder the model's image names are relative to.
-        views_path: views.json (frames for the held-out split) or None.
-        out_dir: working folder (``work/{scene}/splat``): checkpoints/, metrics.json,
-            renders.png, curve.png, splat.ply.
-        ply_path: final splat (``results/{scene}.ply``), Inria layout, written atomically.
-        options: :class:`TrainOptions`, a dict of its fields, or None for defaults.
-
-    Returns:
-        The metrics dict also written to ``out_dir/metrics.json``: ``final`` (held-out
-        ``psnr`` dB, ``ssim``, optional ``lpips``), ``evals`` (per eval step), ``iterations``,
-        ``num_gaussians``, ``train_seconds``, ``sec_per_iter``, ``resumed_from`` (steps
-        resumed at), ``device``, ``resolution``, ``test_images``, ``lpips_note`` ...
-
-    Raises:
-        InputError: bad options, unreadable model/images, a checkpoint of another run.
-        SplatForgeError: CUDA out of memory even with the last culling tier.
-    """
-    opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
-    opts.validate()
-    device = _resolve_device(opts.device)
-    out_dir, ply_path = Path(out_dir), Path(ply_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
-    t0 = time.perf_counter()
-    scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_every_n=opts.eval_every_n,
-                       eval_offset=opts.eval_offset)
-    if not scene.train:
-        raise InputError(f"{aligned_dir}: no training views left after holding out every "
-                         f"{opts.eval_every_n}th frame")
-    tr = Trainer(scene, opts, device, out_dir)
-
-    ck = load_latest_checkpoint(tr.ckpt_dir) if opts.resume else None
+def _resume_or_init(tr: Trainer, resume: bool) -> None:
+    """Continue from the newest checkpoint in ``tr.ckpt_dir`` (when ``resume``) or start fresh."""
+    ck = load_latest_checkpoint(tr.ckpt_dir) if resume else None
     if ck is not None:
         tr.load(ck)
         if tr.step < tr.iterations:
@@ -799,14 +405,25 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         _LOG.info("resumed from checkpoint %s at step %d of %d", ck["_path"], tr.step, tr.iterations)
     else:
         tr.init_fresh()
-    del ck
 
+
+def train_with_oom_tiers(tr: Trainer) -> Dict[str, Any]:
+    """Train to the end and evaluate the held-out views (writing ``renders.png``); on a CUDA
+    out-of-memory error, restart from the last checkpoint with the next culling tier of
+    ``opts.oom_tiers`` (tighter opacity pruning and Gaussian cap).
+
+    Returns:
+        The final held-out evaluation (:meth:`Trainer.evaluate`).
+
+    Raises:
+        SplatForgeError: out of memory even with the last tier.
+    """
+    opts = tr.opts
     oom = _oom_types()
     while True:
         try:
             tr.train_until_done()
-            final = tr.evaluate(images=True)
-            break
+            return tr.evaluate(images=True)
         except oom as e:
             if tr.tier >= len(opts.oom_tiers):
                 raise SplatForgeError(
@@ -818,7 +435,7 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
             _LOG.warning("out of memory at step %d (%s); retrying from the last checkpoint with culling tier "
                          "%d/%d: opacity >= %g, at most %d Gaussians", tr.step, str(e).splitlines()[0][:200],
                          tier, len(opts.oom_tiers), opts.oom_tiers[tier - 1][0], int(opts.oom_tiers[tier - 1][1]))
-            if device.type == "cuda":
+            if tr.device.type == "cuda":
                 torch.cuda.empty_cache()
             ck = load_latest_checkpoint(tr.ckpt_dir)
             if ck is not None:
@@ -829,8 +446,10 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
             tr.tier = max(tr.tier, tier)
             tr._apply_tier()
 
-    # how well the splat fits the views it was trained on (a pose or data problem shows here first)
-    final_train = tr.evaluate(views=scene.train, log_name="training-view")
+
+def _write_splat(tr: Trainer, ply_path: Path, out_dir: Path) -> int:
+    """Write the splat (SH up to the degree actually trained) to ``ply_path`` and link or copy
+    it to ``out_dir/splat.ply``; returns that SH degree."""
     p = tr.params
     sh_degree = tr.trained_sh_degree()
     write_splat_ply(ply_path, p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"],
@@ -844,13 +463,20 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
                 import shutil
 
                 shutil.copyfile(ply_path, tmp)
+    return sh_degree
+
+
+def _metrics(tr: Trainer, final: Dict[str, Any], final_train: Dict[str, Any], sh_degree: int,
+             max_side: Optional[int], ply_path: Path, t0: float) -> Dict[str, Any]:
+    """The ``metrics.json`` dict of a finished run (see :func:`main`); also draws ``curve.png``."""
+    opts, scene, p = tr.opts, tr.scene, tr.params
     evals = [e for e in tr.evals if e["step"] != final["step"]] + [final]
-    save_curve_png(out_dir / "curve.png", tr.history["step"], tr.history["loss"], tr.history["psnr"],
+    save_curve_png(tr.out_dir / "curve.png", tr.history["step"], tr.history["loss"], tr.history["psnr"],
                    [e["step"] for e in evals if "psnr" in e], [e["psnr"] for e in evals if "psnr" in e])
     v0 = scene.train[0]
-    metrics = {
+    return {
         "schema_version": 1,
-        "device": str(device),
+        "device": str(tr.device),
         "iterations": tr.iterations,
         "final_step": tr.step,
         "resumed_from": tr.resumed_from,
@@ -883,6 +509,57 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         "ply": str(ply_path),
         "options": asdict(opts),
     }
+
+
+def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
+         views_path: Optional[str | os.PathLike], out_dir: str | os.PathLike,
+         ply_path: str | os.PathLike, options: Dict[str, Any] | TrainOptions | None = None) -> Dict[str, Any]:
+    """Train a splat and write ``ply_path`` plus ``out_dir``'s metrics, figures and checkpoints.
+
+    Args:
+        aligned_dir: COLMAP model (ENU metres; PINHOLE, SIMPLE_PINHOLE, or SIMPLE_RADIAL /
+            RADIAL / OPENCV which are undistorted on load).
+        images_dir: folder the model's image names are relative to.
+        views_path: views.json (frames for the held-out split) or None.
+        out_dir: working folder (``work/{scene}/splat``): checkpoints/, metrics.json,
+            renders.png, curve.png, splat.ply.
+        ply_path: final splat (``results/{scene}.ply``), Inria layout, written atomically.
+        options: :class:`TrainOptions`, a dict of its fields, or None for defaults.
+
+    Returns:
+        The metrics dict also written to ``out_dir/metrics.json``: ``final`` (held-out
+        ``psnr`` dB, ``ssim``, optional ``lpips``), ``evals`` (per eval step), ``iterations``,
+        ``num_gaussians``, ``train_seconds``, ``sec_per_iter``, ``resumed_from`` (steps
+        resumed at), ``device``, ``resolution``, ``test_images``, ``lpips_note`` ...
+
+    Raises:
+        InputError: bad options, unreadable model/images, a checkpoint of another run.
+        SplatForgeError: CUDA out of memory even with the last culling tier.
+    """
+    opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
+    opts.validate()
+    device = _resolve_device(opts.device)
+    if opts.num_threads is not None:
+        torch.set_num_threads(opts.num_threads)
+    out_dir, ply_path = Path(out_dir), Path(ply_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    # load
+    max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
+    scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_every_n=opts.eval_every_n,
+                       eval_offset=opts.eval_offset)
+    if not scene.train:
+        raise InputError(f"{aligned_dir}: no training views left after holding out every "
+                         f"{opts.eval_every_n}th frame")
+    # build, train
+    tr = Trainer(scene, opts, device, out_dir)
+    _resume_or_init(tr, opts.resume)
+    final = train_with_oom_tiers(tr)
+    # how well the splat fits the views it was trained on (a pose or data problem shows here first)
+    final_train = tr.evaluate(views=scene.train, log_name="training-view")
+    # write, metrics
+    sh_degree = _write_splat(tr, ply_path, out_dir)
+    metrics = _metrics(tr, final, final_train, sh_degree, max_side, ply_path, t0)
     write_json(out_dir / "metrics.json", metrics)
     if "psnr" in final:
         _LOG.info("done: %d steps, %d Gaussians, held-out PSNR %.2f dB SSIM %.4f -> %s", tr.step,

@@ -1,0 +1,90 @@
+"""Initial Gaussians of a training run: from the SfM points (:func:`init_gaussians`) and a
+sky sphere for the far background SfM leaves without points (:func:`sky_sphere`)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+
+from ..splat import SH_C0
+from .data import SceneData
+
+__all__ = ["init_gaussians", "sky_sphere"]
+
+
+def _knn_mean_dist(points: np.ndarray, k: int = 3) -> np.ndarray:
+    """Mean distance (metres) of each point to its k nearest other points; [P] float32."""
+    from scipy.spatial import cKDTree
+
+    if len(points) < 2:
+        return np.full(len(points), 0.01, np.float32)
+    k_eff = min(k, len(points) - 1)
+    d, _ = cKDTree(points).query(points, k=k_eff + 1)
+    d = np.asarray(d)[:, 1:].mean(1)
+    pos = d[d > 0]
+    floor = float(np.median(pos)) * 1e-2 if pos.size else 1e-3
+    return np.maximum(d, floor).astype(np.float32)
+
+
+def init_gaussians(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_opacity: float = 0.1,
+                   init_scale: float = 1.0, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Gaussian parameters from SfM points (gsplat simple_trainer ``create_splats_with_optimizers``).
+
+    Args:
+        points: [P, 3] float positions (metres). colors: [P, 3] float RGB in [0, 1].
+        sh_degree: SH degree of the model (0-3). init_opacity: opacity in (0, 1).
+        init_scale: factor on the 3-NN mean distance. seed: RNG seed for the quaternions.
+
+    Returns:
+        float32 CPU tensors: ``means`` [P, 3], ``scales`` [P, 3] (log), ``quats`` [P, 4]
+        (wxyz, unit), ``opacities`` [P] (logit), ``sh0`` [P, 1, 3], ``shN`` [P, K-1, 3].
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = len(points)
+    dist = torch.from_numpy(_knn_mean_dist(points)) * init_scale
+    quats = torch.rand(n, 4, generator=g)
+    quats = quats / quats.norm(dim=-1, keepdim=True)
+    k = (sh_degree + 1) ** 2
+    return {
+        "means": torch.from_numpy(np.asarray(points, np.float32)).clone(),
+        "scales": torch.log(dist)[:, None].repeat(1, 3),
+        "quats": quats,
+        "opacities": torch.logit(torch.full((n,), float(init_opacity))),
+        "sh0": ((torch.from_numpy(np.asarray(colors, np.float32)) - 0.5) / SH_C0)[:, None, :].clone(),
+        "shN": torch.zeros(n, k - 1, 3),
+    }
+
+
+def sky_sphere(scene: SceneData, n: int, radius_factor: float, max_views: int = 32):
+    """Points for sky / far background: ``(points [n, 3], colors [n, 3], centre [3], radius)``.
+
+    A Fibonacci sphere (uniform directions) around the camera centroid with radius
+    ``radius_factor`` x the 97th-percentile SfM point distance from it (metres); each point's
+    colour is the mean of the pixels it projects to in up to ``max_views`` training views
+    (grey 0.5 if it is seen in none).
+    """
+    views = scene.train
+    centres = np.array([-v.viewmat[:3, :3].T @ v.viewmat[:3, 3] for v in views])
+    c = centres.mean(0)
+    radius = radius_factor * float(np.percentile(np.linalg.norm(scene.points - c, axis=1), 97))
+    radius = max(radius, radius_factor * scene.scene_scale)
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    phi = np.pi * (1 + 5 ** 0.5) * i
+    r = np.sqrt(1 - z * z)
+    pts = c + radius * np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+    acc = np.zeros((n, 3))
+    cnt = np.zeros(n)
+    for v in views[:: max(1, len(views) // max_views)]:
+        xc = pts @ v.viewmat[:3, :3].T + v.viewmat[:3, 3]
+        ok = xc[:, 2] > 1e-6
+        uv = (xc[ok] @ v.K.T)[:, :2] / xc[ok, 2:3]
+        u, w = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+        inb = (u >= 0) & (u < v.width) & (w >= 0) & (w < v.height)
+        idx = np.flatnonzero(ok)[inb]
+        acc[idx] += v.image[w[inb], u[inb]] / 255.0
+        cnt[idx] += 1
+    col = np.where(cnt[:, None] > 0, acc / np.maximum(cnt, 1)[:, None], 0.5)
+    return pts.astype(np.float32), col.astype(np.float32), c.astype(np.float32), radius

@@ -50,7 +50,8 @@ class Section:
             (e.g. ``compress.preset``), each with a check ``f(value, label)`` raising
             :class:`ConfigError`.
         workflow_values: option -> values the rule script resolves before the stage sees the
-            options (e.g. ``export.crop_box: auto``); such a value is not given to the class.
+            options; such a value is not given to the class. (None today: ``export.crop_box:
+            auto`` was one until the export stage resolved it itself.)
         source_only: :func:`validate_config` builds the class from its module's source
             without running the module's heavy imports (:func:`load_class_from_source`; torch,
             pycolmap, numba, cv2: ~3.5 s together at every ``snakemake`` start) unless the
@@ -192,7 +193,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("sfm.match", "splatforge_core.sfm.match:MatchOptions"),
     Section("sfm.map", "splatforge_core.sfm.mapping:MapOptions"),
     Section("align", "splatforge_core.sfm.align:AlignOptions"),
-    Section("export", "splatforge_core.export:ExportOptions", workflow_values={"crop_box": ("auto",)}),
+    Section("export", "splatforge_core.export:ExportOptions"),
     Section("compress", "splatforge_core.codec:CodecOptions", rule_keys={"preset": _check_preset}),
     Section("train", "splatforge_core.train.options:TrainOptions"),
 )

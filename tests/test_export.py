@@ -238,6 +238,31 @@ def test_crop_box_validation_and_effect(tmp_path):
     assert not list(tmp_path.glob("none*"))
 
 
+def test_crop_box_auto_from_model(tmp_path):
+    """crop_box 'auto' is resolved by the stage from crop_model (the workflow and ``splatforge export
+    --crop-box auto --crop-model`` crop the same way); the report holds the resolved box."""
+    import pycolmap
+    import pytest
+
+    from splatforge_core.export import ExportOptions, crop_box_from_model, main
+    from splatforge_core.export.synthetic import sphere_splat, write_ply
+
+    with pytest.raises(ValueError, match="crop_box"):
+        ExportOptions.from_dict({"crop_box": "everything"})
+    ply = write_ply(tmp_path / "s.ply", sphere_splat(6000))
+    common = {"texture_size": 64, "target_faces": 4000, "formats": ["glb"], "crop_box": "auto"}
+    with pytest.raises(ValueError, match="crop_model"):
+        main(ply, tmp_path / "nomodel", options=common)
+    rec = pycolmap.Reconstruction()
+    for xyz in np.random.default_rng(0).uniform([8.5, 18.5, 5.0], [11.5, 21.5, 6.5], (200, 3)):
+        rec.add_point3D(xyz, pycolmap.Track(), np.array([1, 2, 3], np.uint8))
+    (tmp_path / "m").mkdir()
+    rec.write(str(tmp_path / "m"))
+    rep = main(ply, tmp_path / "auto", options=common, crop_model=tmp_path / "m")
+    assert rep["options"]["crop_box"] == crop_box_from_model(tmp_path / "m")
+    assert rep["counts"]["gaussians_used"] < 0.7 * rep["counts"]["gaussians_in"]
+
+
 def test_trim_keeps_surface_between_clustered_gaussians(tmp_path):
     """Clustered Gaussians (lund: dense clumps on a 270 m street) must not make the trim
     distance smaller than the Poisson octree cell: the surface between clumps would go."""

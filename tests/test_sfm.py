@@ -61,7 +61,7 @@ def test_demo_mapper_backends_register_all_and_align(demo_scene, mapper, tmp_pat
     rec = pycolmap.Reconstruction(str(tmp_path / "sparse" / "0"))
     assert rec.num_reg_images() == 32
     rep = align.main(tmp_path / "sparse" / "0", w / "views.json", tmp_path / "aligned", tmp_path / "alignment.json",
-                     {}, ground_truth=demo_scene["gt"])
+                     {}, ground_truth_path=w / "demo" / "ground_truth.json", manifest_path=w / "manifest.json")
     assert rep["method"] == "up_constrained_ransac" and rep["num_inliers"] == 8
     assert len(rep["residuals"]) == 8 and rep["max_residual_m"] < 4 * 2.0 * 3
     gte = rep["ground_truth_error"]

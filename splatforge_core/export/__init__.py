@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -66,9 +67,11 @@ class ExportOptions:
         flat_ratio: a Gaussian counts as flat when smallest / middle scale <= this.
         min_opacity: Gaussians with sigmoid(opacity) below this are ignored (near-transparent).
         crop_box: ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` in the splat's frame (ENU metres):
-            only Gaussians inside take part (None: all). The workflow passes the padded robust
-            extent of the SfM points, so the trainer's far background (the sky sphere) and
-            floaters do not become the mesh: without it the demo mesh was the sky dome.
+            only Gaussians inside take part (None: all). ``"auto"``: the padded robust extent of
+            the COLMAP model :func:`main` gets as ``crop_model`` (:func:`crop_box_from_model`),
+            the workflow's default (it passes ``work/{scene}/aligned``), so the trainer's far
+            background (the sky sphere) and floaters do not become the mesh: without it the
+            demo mesh was the sky dome.
         trim_quantile: drop Poisson vertices below this quantile of Poisson density. 0 by
             default: on a uniformly sampled synthetic sphere a 2 % quantile punched holes in
             a well-supported surface; the distance test below removes unsupported surface.
@@ -107,7 +110,7 @@ class ExportOptions:
     normal_k: int = 10
     flat_ratio: float = 0.5
     min_opacity: float = 0.1
-    crop_box: list | None = None
+    crop_box: list | str | None = None
     trim_quantile: float = 0.0
     trim_distance: float | None = None
     trim_distance_factor: float = 4.0
@@ -146,7 +149,11 @@ class ExportOptions:
             raise ValueError("export options: texture_size >= 16, target_faces >= 4, 4 <= poisson_depth <= 14")
         if not (0 <= self.trim_quantile < 1) or not (0 <= self.min_opacity < 1):
             raise ValueError("export options: trim_quantile and min_opacity must be in [0, 1)")
-        if self.crop_box is not None:
+        if isinstance(self.crop_box, str):
+            if self.crop_box != "auto":
+                raise ValueError(f"export option crop_box must be [[xmin,ymin,zmin],[xmax,ymax,zmax]], 'auto' "
+                                 f"or null, got {self.crop_box!r}")
+        elif self.crop_box is not None:
             box = np.asarray(self.crop_box, dtype=np.float64)
             if box.shape != (2, 3) or not np.all(np.isfinite(box)) or np.any(box[0] >= box[1]):
                 raise ValueError(f"export option crop_box must be [[xmin,ymin,zmin],[xmax,ymax,zmax]] "
@@ -187,7 +194,7 @@ def crop_box_from_model(model_dir: str | os.PathLike, percentile: float = 1.0,
 def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = None, *,
          glb: str | os.PathLike | None = None, obj: str | os.PathLike | None = None,
          fbx: str | os.PathLike | None = None, report_path: str | os.PathLike | None = None,
-         options: dict | ExportOptions | None = None) -> dict:
+         options: dict | ExportOptions | None = None, crop_model: str | os.PathLike | None = None) -> dict:
     """Turn a splat PLY into textured mesh files.
 
     Args:
@@ -198,6 +205,9 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
             PNG by file name, so keep it in the same folder.
         report_path: optional JSON report (step timings, counts, read-back checks).
         options: :class:`ExportOptions` or a dict of its fields.
+        crop_model: COLMAP model folder (ENU metres, e.g. ``work/{scene}/aligned``) whose padded
+            robust extent is the crop box when ``crop_box`` is ``"auto"``; the report's
+            ``options.crop_box`` holds the resolved box.
 
     Returns:
         The report dict: {"schema_version", "input", "outputs", "counts", "timings_s",
@@ -206,10 +216,15 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
     Raises:
         InputError: unreadable / empty / degenerate splat, missing columns, NaN or Inf
             (message names the file); nothing is written.
-        ValueError: bad options or no output path.
+        ValueError: bad options, no output path, or ``crop_box="auto"`` without ``crop_model``.
         files.ExportVerifyError: a file did not read back as written; nothing is left behind.
     """
     opts = ExportOptions.from_dict(options)
+    if opts.crop_box == "auto":
+        if crop_model is None:
+            raise ValueError("export option crop_box='auto' needs crop_model (the aligned COLMAP model to bound)")
+        # Mesh only what SfM reconstructed: the padded robust extent of the aligned model.
+        opts.crop_box = crop_box_from_model(crop_model)
     t_all = time.perf_counter()
     timer = _mesh.Timer()
     outs: dict[str, Path] = {}
@@ -353,6 +368,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-opacity", type=float)
     ap.add_argument("--trim-quantile", type=float)
     ap.add_argument("--trim-distance", type=float)
+    ap.add_argument("--crop-box", help="'auto' (needs --crop-model) or JSON [[xmin,ymin,zmin],[xmax,ymax,zmax]] (ENU m)")
+    ap.add_argument("--crop-model", help="COLMAP model (work/{scene}/aligned) bounding the mesh for --crop-box auto")
     ap.add_argument("--formats", help="comma list of glb,obj,fbx")
     ap.add_argument("--binary-fbx", action="store_true", help="binary FBX (does not read back in assimp 5.2.5)")
     ap.add_argument("--preview", help="also render mesh vs splat comparison PNG to this path")
@@ -362,12 +379,15 @@ def cli(argv: list[str] | None = None) -> int:
               "trim_quantile", "trim_distance"):
         if getattr(a, k) is not None:
             opts[k] = getattr(a, k)
+    if a.crop_box is not None:
+        opts["crop_box"] = a.crop_box if a.crop_box == "auto" else json.loads(a.crop_box)
     if a.formats:
         opts["formats"] = [s.strip() for s in a.formats.split(",") if s.strip()]
     if a.binary_fbx:
         opts["fbx_binary"] = True
     try:
-        rep = main(a.splat_ply, a.out_prefix, glb=a.glb, obj=a.obj, fbx=a.fbx, report_path=a.report, options=opts)
+        rep = main(a.splat_ply, a.out_prefix, glb=a.glb, obj=a.obj, fbx=a.fbx, report_path=a.report, options=opts,
+                   crop_model=a.crop_model)
     except ValueError as e:
         if isinstance(e, InputError):
             raise

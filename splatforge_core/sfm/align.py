@@ -293,6 +293,8 @@ def main(
     report_path: str | os.PathLike,
     options: dict | AlignOptions | None = None,
     ground_truth: dict[str, list[float]] | None = None,
+    ground_truth_path: str | os.PathLike | None = None,
+    manifest_path: str | os.PathLike | None = None,
 ) -> dict:
     """Align the SfM model to the frames' ENU GPS positions; write ``aligned/`` and a report.
 
@@ -311,6 +313,11 @@ def main(
         options: :class:`AlignOptions` or a dict of its fields.
         ground_truth: optional frame name (or frame source file name) -> true ENU position
             (3,) in the same ENU frame as ``views.json``, metres (the demo's ground truth).
+        ground_truth_path: the demo's ``ground_truth.json`` (:func:`demo_ground_truth`, with
+            ``manifest_path`` for the ENU origin), used when ``ground_truth`` is None and the
+            file exists; None, ``""`` or a missing file: no ground truth (the workflow passes
+            the demo capture's file for the demo scene and ``""`` for every other scene).
+        manifest_path: ``manifest.json`` of the scene; needed with ``ground_truth_path``.
 
     Returns:
         The report dict.
@@ -318,10 +325,14 @@ def main(
     Raises:
         InputError: unreadable model, frames without GPS, fewer than ``min_positions``
             distinct registered positions, positions on one line without the up prior, or no
-            consistent transform.
+            consistent transform, or ``ground_truth_path`` without ``manifest_path``.
     """
     t0 = time.perf_counter()
     opts = build_options(AlignOptions, options, "sfm align")
+    if ground_truth is None and ground_truth_path and os.path.exists(ground_truth_path):
+        if manifest_path is None:
+            raise InputError(f"{ground_truth_path}: the demo ground truth needs the scene's manifest.json (its ENU origin)")
+        ground_truth = demo_ground_truth(ground_truth_path, manifest_path)
     sparse_model_dir, aligned_dir = Path(sparse_model_dir), Path(aligned_dir)
     views = load_views(views_path)
     try:

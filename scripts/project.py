@@ -1,11 +1,6 @@
+from splatforge_core import project
 from splatforge_core.workflow import run_stage
 
-
-def _call(m):
-    options = dict(snakemake.params.options)
-    options.setdefault("workers", snakemake.threads)
-    return m.main(snakemake.input.manifest, snakemake.output.images, snakemake.output.views, options,
-                  masks_dir=snakemake.output.masks)
-
-
-run_stage(snakemake, "splatforge_core.project", _call)
+run_stage(snakemake, project,
+          lambda m: m.main(snakemake.input.manifest, snakemake.output.images, snakemake.output.views,
+                           {"workers": snakemake.threads, **snakemake.params.options}, masks_dir=snakemake.output.masks))

@@ -1,12 +1,12 @@
 import shutil
 
-from splatforge_core.io import atomic_path
+from splatforge_core import io
 from splatforge_core.workflow import run_stage
 
 
-def _publish(_module):
-    with atomic_path(snakemake.output.splat) as tmp:
+def _publish(m):
+    with m.atomic_path(snakemake.output.splat) as tmp:
         shutil.copyfile(snakemake.input.splat, tmp)
 
 
-run_stage(snakemake, "splatforge_core.io", _publish)
+run_stage(snakemake, io, _publish)

@@ -1,5 +1,6 @@
+from splatforge_core import report
 from splatforge_core.workflow import run_stage
 
-run_stage(snakemake, "splatforge_core.report",
+run_stage(snakemake, report,
           lambda m: m.main(snakemake.params.scene_dir, snakemake.output.report,
                            {"compress_report": snakemake.input.compressed, "export_report": snakemake.input.export}))

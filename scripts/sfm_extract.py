@@ -1,5 +1,6 @@
+from splatforge_core.sfm import extract
 from splatforge_core.workflow import run_stage
 
-run_stage(snakemake, "splatforge_core.sfm.extract",
+run_stage(snakemake, extract,
           lambda m: m.main(snakemake.input.images, snakemake.input.views, snakemake.output.features,
-                           snakemake.params.options))
+                           {"num_threads": snakemake.threads, **snakemake.params.options}))

@@ -1,5 +1,6 @@
+from splatforge_core.sfm import match
 from splatforge_core.workflow import run_stage
 
-run_stage(snakemake, "splatforge_core.sfm.match",
+run_stage(snakemake, match,
           lambda m: m.main(snakemake.input.features, snakemake.input.pairs, snakemake.output.database,
-                           snakemake.params.options))
+                           {"num_threads": snakemake.threads, **snakemake.params.options}))

@@ -58,12 +58,20 @@ def init_gaussians(points: np.ndarray, colors: np.ndarray, sh_degree: int, init_
 
 
 def sky_sphere(scene: SceneData, n: int, radius_factor: float, max_views: int = 32):
-    """Points for sky / far background: ``(points [n, 3], colors [n, 3], centre [3], radius)``.
+    """Points for sky / far background: a Fibonacci sphere (uniform directions) around the
+    camera centroid.
 
-    A Fibonacci sphere (uniform directions) around the camera centroid with radius
-    ``radius_factor`` x the 97th-percentile SfM point distance from it (metres); each point's
-    colour is the mean of the pixels it projects to in up to ``max_views`` training views
-    (grey 0.5 if it is seen in none).
+    Args:
+        scene: the loaded scene (training views, SfM points in metres).
+        n: number of points.
+        radius_factor: sphere radius as a multiple of the 97th-percentile SfM point distance
+            from the camera centroid (at least ``radius_factor`` x the scene scale).
+        max_views: colours are sampled from up to this many training views.
+
+    Returns:
+        ``(points [n, 3] float32 metres, colors [n, 3] float32 RGB in [0, 1], centre [3]
+        float32 metres, radius metres)``; a point's colour is the mean of the pixels it
+        projects to in the sampled views, grey 0.5 if it is seen in none.
     """
     views = scene.train
     centres = np.array([-v.viewmat[:3, :3].T @ v.viewmat[:3, 3] for v in views])

@@ -283,7 +283,7 @@ def plot_positions(path: Path, manifest: dict | None, views: dict | None, alignm
     return counts
 
 
-def plot_masks(path: Path, views: dict | None, max_frames: int = 2) -> list[str]:
+def plot_masks(path: Path, views: dict | None, manifest: dict | None = None, max_frames: int = 2) -> list[str]:
     """Draw the sky (blue) and operator (red) labels over the first panoramas of a capture.
 
     The labels are recomputed from the source panoramas with the options views.json records
@@ -301,10 +301,12 @@ def plot_masks(path: Path, views: dict | None, max_frames: int = 2) -> list[str]
         return []
     opts = views.get("options") or {}
     frames = [f for f in views.get("frames", []) if f.get("masks")][:max_frames]
-    src_dir = Path(views.get("source_dir") or "")
+    paths = {r.get("name"): r.get("path") for r in (manifest or {}).get("images", [])}
     rows = []
     for f in frames:
-        src = Path(f.get("source_path") or src_dir / f["source"])
+        src = f.get("source_path") or paths.get(f.get("source"))
+        if not src:
+            continue
         img = cv2.imread(str(src), cv2.IMREAD_REDUCED_COLOR_4)
         if img is None:
             continue
@@ -591,7 +593,7 @@ def main(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, options: dict
                 lines += [f"{counts['registered']} frame(s) registered, {counts['not_registered']} not registered.", ""]
                 lines += _alignment_text(al)
             lines += ["", "![Capture positions, top-down ENU](positions_enu.png)"]
-            mask_lines = plot_masks(tmp / "masks.png", views)
+            mask_lines = plot_masks(tmp / "masks.png", views, man)
             if mask_lines:
                 figures.append("masks.png")
                 lines += [""] + mask_lines

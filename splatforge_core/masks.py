@@ -134,6 +134,23 @@ def view_nadir_fraction(cam_from_rig: np.ndarray, K: np.ndarray, width: int, hei
     return float(np.mean(lat < cap_deg - 90.0))
 
 
+def read_labels(path) -> np.ndarray:
+    """Read one view's label PNG (written by the project stage).
+
+    Returns:
+        ``[H, W]`` uint8 labels (:data:`VALID`, :data:`SKY`, :data:`OPERATOR`).
+
+    Raises:
+        InputError: the file is missing or unreadable (names the file and the remedy).
+    """
+    from .errors import InputError
+
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise InputError(f"{path}: label mask named in views.json is missing or unreadable; rerun the project stage")
+    return lab
+
+
 def describe(labels: np.ndarray) -> dict[str, float]:
     """Fraction of pixels per label name of a label image."""
     n = max(labels.size, 1)
@@ -141,4 +158,4 @@ def describe(labels: np.ndarray) -> dict[str, float]:
 
 
 __all__ = ["VALID", "SKY", "OPERATOR", "LABEL_NAMES", "nadir_cap", "sky_mask", "panorama_labels",
-           "view_nadir_fraction", "describe"]
+           "view_nadir_fraction", "read_labels", "describe"]

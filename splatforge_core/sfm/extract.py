@@ -143,16 +143,12 @@ def rig_view_masks(views: dict) -> dict[str, np.ndarray]:
 
 def _label_mask(views: dict, frame: dict, view: str) -> np.ndarray | None:
     """The project stage's label mask of one view image (:mod:`splatforge_core.masks`), or None."""
-    import cv2
+    from ..masks import read_labels
 
     rel = (frame.get("masks") or {}).get(view)
     if not rel or not views.get("mask_dir"):
         return None
-    path = Path(views["mask_dir"]) / rel
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if lab is None:
-        raise InputError(f"{path}: mask named in views.json is missing or unreadable; rerun the project stage")
-    return lab
+    return read_labels(Path(views["mask_dir"]) / rel)
 
 
 def _write_masks(views: dict, names: list[str], mask_dir: Path, rig_masks: bool = True,

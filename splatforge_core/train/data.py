@@ -129,11 +129,9 @@ def _load_train_mask(path: Path, shape: tuple) -> np.ndarray:
     """[H, W] bool training mask (label != operator) of a label PNG, resized (nearest) to ``shape``."""
     import cv2
 
-    from ..masks import OPERATOR
+    from ..masks import OPERATOR, read_labels
 
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if lab is None:
-        raise InputError(f"{path}: label mask named in views.json is missing or unreadable; rerun the project stage")
+    lab = read_labels(path)
     if lab.shape[:2] != tuple(shape):
         lab = cv2.resize(lab, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return lab != OPERATOR

@@ -8,10 +8,12 @@ Rule scripts (``scripts/*.py``) stay thin: they import their stage module and ca
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from types import ModuleType
 from typing import Any, Callable
 
+from .errors import SplatForgeError
 from .log import get_logger, setup_logging
 
 
@@ -24,8 +26,14 @@ def run_stage(smk: Any, module: ModuleType, call: Callable[[ModuleType], Any]) -
         call: receives ``module`` and calls its ``main``.
 
     Returns:
-        Whatever ``call`` returns. Exceptions propagate (the rule fails, Snakemake removes
-        its declared outputs); they are logged first, with the stage name and wall time.
+        Whatever ``call`` returns.
+
+    Raises:
+        SystemExit: (exit status 1) on a :class:`~splatforge_core.errors.SplatForgeError`: the
+            user-facing message (file, problem, remedy) goes to the rule's log and to stderr
+            without a Python traceback, so the console shows what to fix, not our call stack.
+            Snakemake then removes the rule's declared outputs as for any failed job.
+            Other exceptions (bugs) propagate with their traceback.
     """
     logfile = smk.log[0] if len(smk.log) else None
     setup_logging(logging.INFO, logfile)
@@ -35,6 +43,10 @@ def run_stage(smk: Any, module: ModuleType, call: Callable[[ModuleType], Any]) -
     log.info("rule %s: start (%s)", rule, module.__name__)
     try:
         result = call(module)
+    except SplatForgeError as e:
+        # setup_logging sends this to stderr and to the rule's log file.
+        log.error("rule %s failed after %.1f s: %s", rule, time.perf_counter() - t0, e)
+        sys.exit(1)
     except Exception as e:
         log.error("rule %s failed after %.1f s: %s: %s", rule, time.perf_counter() - t0, type(e).__name__, e)
         raise

@@ -84,8 +84,10 @@ def test_tiny_workflow_through_alignment_and_rerun_does_nothing(tmp_path):
     assert "Nothing to be done" in (again.stdout + again.stderr)
 
 
+@pytest.mark.hostile(cls="workflow", expect="clear_error")
 def test_unimplemented_or_failing_stage_leaves_no_output(tmp_path):
-    """A stage that fails leaves none of its outputs behind (here: ingest on a folder of non-JPEGs)."""
+    """A stage that fails leaves none of its outputs behind (here: ingest on a folder of non-JPEGs),
+    and the console shows the stage's message naming the file, not a Python traceback."""
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.jpg").write_bytes(b"not a jpeg")
@@ -94,6 +96,8 @@ def test_unimplemented_or_failing_stage_leaves_no_output(tmp_path):
     assert not (tmp_path / "work/scene/manifest.json").exists()
     log = (tmp_path / "work/scene/logs/ingest.log").read_text()
     assert "photos" in log
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "a.jpg" in r.stderr or "photos" in r.stderr, r.stderr[-3000:]
 
 
 @pytest.mark.slow

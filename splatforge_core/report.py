@@ -406,7 +406,14 @@ def _alignment_text(al: dict) -> list[str]:
         rows += [["ground truth: aligned error median (m)", gt.get("median_m")],
                  ["ground truth: aligned error max (m)", gt.get("max_m")],
                  ["ground truth: raw GPS error median (m)", gt.get("gps_median_m")]]
+    dg = al.get("diagnosis")
+    if dg:
+        rows += [["GPS extent (m)", dg.get("gps_extent_m")], ["GPS noise estimate (m, 1 sigma)", dg.get("gps_sigma_m")],
+                 ["scale uncertainty from GPS (%, 1 sigma)", 100 * dg["scale_error"] if "scale_error" in dg else None],
+                 ["heading uncertainty from GPS (deg, 1 sigma)", dg.get("heading_error_deg")]]
     lines = [md_table(["alignment", "value"], rows, nd=3)]
+    for problem in (dg or {}).get("problems", []):
+        lines += ["", f"**Alignment warning:** {problem}"]
     hc = al.get("heading_check")
     if hc:
         lines += ["", f"Aligned yaw against the photos' EXIF `GPSImgDirection` ({hc['num_frames']} frames): median "

@@ -188,6 +188,76 @@ def estimate_full(src: np.ndarray, tgt: np.ndarray, max_error: float, seed: int 
     return sim, inl
 
 
+def extent_m(x: np.ndarray) -> float:
+    """Largest distance between two of the points ``x`` (N, 3) float64, in their unit (0 for N < 2)."""
+    if len(x) < 2:
+        return 0.0
+    d = x[:, None, :] - x[None, :, :]
+    return float(np.sqrt((d * d).sum(-1)).max())
+
+
+#: Consumer GPS is rarely better than this (1 sigma, metres); the floor of the noise estimate.
+GPS_SIGMA_FLOOR_M = 0.5
+
+
+def diagnose(gps_enu: np.ndarray, residual_m: np.ndarray | None, inliers: np.ndarray | None,
+             max_error_m: float) -> dict:
+    """Explain how far the GPS positions can be trusted to scale and orient the SfM model.
+
+    With N positions of horizontal RMS spread ``s`` about their mean and GPS noise ``sigma``
+    per position, a least-squares similarity has a relative scale error and a heading error
+    (radians) of about ``sigma / (s * sqrt(N))`` (the standard error of a fitted slope; e.g.
+    Hartley and Zisserman, Multiple View Geometry, 2nd ed., sec. 5.1.3, for the same
+    reasoning on point fits). ``sigma`` is estimated from the residuals (median 3D residual /
+    1.54, the median of a 3D Gaussian's norm), floored at :data:`GPS_SIGMA_FLOOR_M`; before
+    alignment it is ``max_error_m / 3``. Problems are worded with the numbers and what to do.
+
+    Args:
+        gps_enu: (N, 3) float64 ENU positions of the registered frames with GPS, metres.
+        residual_m: (N,) float64 3D residuals after alignment, metres; None before alignment.
+        inliers: (N,) bool inlier mask of the alignment; None before alignment.
+        max_error_m: the inlier threshold (``AlignOptions.max_error_m``), metres.
+
+    Returns:
+        ``gps_extent_m`` (largest distance between two GPS positions), ``gps_rms_spread_m``
+        (horizontal), ``gps_sigma_m`` (the noise estimate), ``scale_error`` (relative, 1 sigma),
+        ``heading_error_deg`` (1 sigma), ``inlier_fraction`` (when ``inliers`` is given) and
+        ``problems`` (list of str; empty when the alignment is sound).
+    """
+    gps_enu = np.asarray(gps_enu, dtype=np.float64).reshape(-1, 3)
+    n = len(gps_enu)
+    ext = extent_m(gps_enu)
+    spread = float(np.sqrt(np.mean(np.sum((gps_enu[:, :2] - gps_enu[:, :2].mean(0)) ** 2, axis=1)))) if n else 0.0
+    if residual_m is not None and len(residual_m):
+        sigma = max(float(np.median(residual_m)) / 1.54, GPS_SIGMA_FLOOR_M)
+    else:
+        sigma = max(max_error_m / 3.0, GPS_SIGMA_FLOOR_M)
+    rel = sigma / (spread * np.sqrt(n)) if spread > 0 else float("inf")
+    rel = float(rel)
+    out: dict = {"gps_extent_m": ext, "gps_rms_spread_m": spread, "gps_sigma_m": sigma, "scale_error": rel,
+                 "heading_error_deg": float(np.degrees(np.arctan(rel))), "problems": []}
+    if rel > 0.1:
+        out["problems"].append(
+            f"the {n} GPS positions spread only {spread:.1f} m (RMS, horizontal; extent {ext:.1f} m) for a GPS noise "
+            f"of about {sigma:.1f} m: the model's scale is uncertain by about {100 * min(rel, 9.99):.0f}% and its "
+            f"heading by about {np.degrees(np.arctan(rel)):.0f} deg; capture over a wider area or with more "
+            f"positions (the error falls with spread x sqrt(positions)), or use a better GPS")
+    if residual_m is not None and len(residual_m) and ext > 0:
+        med = float(np.median(residual_m))
+        if med > 0.25 * ext:
+            out["problems"].append(
+                f"the median residual ({med:.2f} m) is {100 * med / ext:.0f}% of the GPS extent ({ext:.1f} m): the SfM "
+                "shape does not match the GPS track (a wrong SfM model, or GPS noise as large as the capture)")
+    if inliers is not None and len(inliers):
+        frac = float(np.mean(inliers))
+        out["inlier_fraction"] = frac
+        if frac < 0.5:
+            out["problems"].append(
+                f"only {int(np.sum(inliers))} of {len(inliers)} registered positions agree with the alignment within "
+                f"{max_error_m:g} m: GPS outliers, or an SfM model made of parts that do not fit together")
+    return out
+
+
 def _transform(sim: pycolmap.Sim3d, x: np.ndarray) -> np.ndarray:
     m = np.asarray(sim.matrix())
     return x @ m[:, :3].T + m[:, 3]
@@ -308,7 +378,8 @@ def main(
             frame: ``frame``, ``images``, ``enu_gps``, ``enu_sfm``, ``residual_m``,
             ``horizontal_m``, ``vertical_m``, ``inlier``), ``median_residual_m``,
             ``max_residual_m``, ``unregistered_frames``, ``degenerate_line``,
-            ``heading_check`` (:func:`heading_check`; None without EXIF headings) and, with
+            ``heading_check`` (:func:`heading_check`; None without EXIF headings),
+            ``diagnosis`` (:func:`diagnose`: GPS extent, residual over extent, problems) and, with
             ``ground_truth``, ``ground_truth_error`` (``median_m``, ``max_m``, per frame).
         options: :class:`AlignOptions` or a dict of its fields.
         ground_truth: optional frame name (or frame source file name) -> true ENU position
@@ -360,15 +431,21 @@ def main(
             f"it {sv[1]:.2f} vs {sv[0]:.2f} along it); a rotation about that line moves no camera centre, so the "
             "roll cannot be estimated from positions. Use panoramas (their known up direction fixes the roll: "
             "up_prior 'auto'/'on'), set up_prior 'on' if the photos were held upright, or capture off the line.")
-    if use_up:
-        up = np.mean([f["up"] for f in with_gps], axis=0)
-        sim, inl = estimate_up_constrained(src, tgt, up, opts.max_error_m, opts.random_seed)
-        method = "up_constrained_ransac"
-        if degenerate:
-            log.info("align: positions on one line; roll about it fixed by the frames' known up direction")
-    else:
-        sim, inl = estimate_full(src, tgt, opts.max_error_m, opts.random_seed)
-        method = "sim3_lo_ransac"
+    try:
+        if use_up:
+            up = np.mean([f["up"] for f in with_gps], axis=0)
+            sim, inl = estimate_up_constrained(src, tgt, up, opts.max_error_m, opts.random_seed)
+            method = "up_constrained_ransac"
+            if degenerate:
+                log.info("align: positions on one line; roll about it fixed by the frames' known up direction")
+        else:
+            sim, inl = estimate_full(src, tgt, opts.max_error_m, opts.random_seed)
+            method = "sim3_lo_ransac"
+    except InputError as e:
+        why = diagnose(tgt, None, None, opts.max_error_m)
+        raise InputError(f"{sparse_model_dir}: {e} ({len(with_gps)} registered frames with GPS, GPS extent "
+                         f"{why['gps_extent_m']:.1f} m, SfM extent {extent_m(src):.3g} model units)"
+                         + "".join(f"; {p}" for p in why["problems"])) from e
     aligned_c = _transform(sim, src)
     res = aligned_c - tgt
     norms = np.linalg.norm(res, axis=1)
@@ -394,6 +471,9 @@ def main(
         "unregistered_frames": sorted({fr["frame"] for fr in views["frames"]} - {f["frame"] for f in frames}),
         "options": asdict(opts),
     }
+    report["diagnosis"] = diagnose(tgt, norms, inl, opts.max_error_m)
+    for problem in report["diagnosis"]["problems"]:
+        log.warning("align: %s", problem)
     if ground_truth is not None:
         errs = []
         for k, f in enumerate(with_gps):

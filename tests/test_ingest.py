@@ -232,7 +232,8 @@ def test_non_jpeg_named_jpg_and_other_files(lund_dir, tmp_path):
     m = ingest.main(d, tmp_path / "m.json")
     rs = _reasons(m)
     assert rs["fake.jpg"].startswith("not a JPEG file although named .jpg") and "PNG" in rs["fake.jpg"]
-    assert rs["photo.png"] == rs["notes.txt"] == "not a .jpg/.jpeg file (ignored)"
+    assert rs["notes.txt"] == "not a .jpg/.jpeg file (ignored)"
+    assert rs["photo.png"] == "JPEG data in a file named .png (skipped): rename it to .jpg to use it"
     assert "sub-folders" in rs["sub"]
     assert [r["name"] for r in m["images"]] == ["01.jpg", "02.jpg", "03.jpg"]
 
@@ -296,13 +297,14 @@ def test_mixed_input(lund_dir, pano_path, tmp_path):
     d = _lund(lund_dir, tmp_path / "in")
     (d / "pano.jpg").symlink_to(pano_path)
     out = tmp_path / "m.json"
+    far = {"gps_outlier_floor_m": 1e6}  # the panorama was taken 549 km from lund: no GPS outlier test here
     with pytest.raises(InputError) as e:
-        ingest.main(d, out)
+        ingest.main(d, out, far)
     msg = str(e.value)
     assert "1 equirectangular panorama(s) ['pano.jpg']" in msg
     assert "3 perspective photo(s) ['01.jpg', '02.jpg', '03.jpg']" in msg and str(d) in msg
     assert not out.exists()
-    m = ingest.main(d, out, {"allow_mixed": True})
+    m = ingest.main(d, out, {"allow_mixed": True, **far})
     assert m["camera_kind"] == "mixed"
     assert {r["name"]: r["kind"] for r in m["images"]}["pano.jpg"] == "equirectangular"
 

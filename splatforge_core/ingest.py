@@ -504,9 +504,10 @@ def _grey_fill_rows(a: np.ndarray) -> int:
     rows = a.reshape(a.shape[0], -1)
     n = 0
     for v in (128, 127):
+        if not np.all(rows[-1] == v):  # the common case: one row compared, done
+            continue
         flat = np.all(rows == v, axis=1)
-        if flat[-1]:
-            n = max(n, int(np.argmin(flat[::-1])) if not flat.all() else len(flat))
+        n = max(n, len(flat) if flat.all() else int(np.argmin(flat[::-1])))
     return n
 
 

@@ -373,3 +373,39 @@ def test_hidden_files_are_ignored_silently(tmp_path, lund_dir):
     m = ingest.main(tmp_path, tmp_path.parent / f"{tmp_path.name}_manifest.json")
     assert len(m["images"]) == 3
     assert m["skipped"] == []
+
+
+def test_hostile_options_ranges():
+    o = IngestOptions.from_dict({"max_pixels": 5, "gps_outlier_k": 3, "gps_outlier_floor_m": 0, "alt_min_m": -10, "alt_max_m": 10})
+    assert (o.max_pixels, o.gps_outlier_k, o.gps_outlier_floor_m) == (5, 3, 0)
+    for bad in [{"max_pixels": 0}, {"max_pixels": 2**41}, {"gps_outlier_k": 0.5}, {"gps_outlier_floor_m": -1},
+                {"alt_outlier_floor_m": float("nan")}, {"alt_min_m": 100.0, "alt_max_m": 50.0}]:
+        with pytest.raises(InputError, match=next(iter(bad))):
+            IngestOptions.from_dict(bad)
+
+
+def test_read_jpeg_frame_matches_pillow(lund_dir, pano_path):
+    for p in (lund_dir / "01.jpg", pano_path):  # EXIF thumbnails (a second SOF inside APP1) are skipped
+        with open(p, "rb") as f:
+            fr = ingest.read_jpeg_frame(f)
+        assert (fr.width, fr.height) == Image.open(p).size
+        assert (fr.precision, fr.components) == (8, 3) and fr.marker in (0xC0, 0xC2)
+    import io
+
+    for data, what in [(b"\xff\xd8\xff\xe1\x00", "ends inside"), (b"\xff\xd8\xff\xda\x00\x02", "no frame header"),
+                       (b"\xff\xd8\x00", "broken marker chain"), (b"\x89PNG", "no JPEG start")]:
+        with pytest.raises(ValueError, match=what):
+            ingest.read_jpeg_frame(io.BytesIO(data))
+
+
+def test_grey_fill_rows():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    assert ingest._grey_fill_rows(a) == 0
+    a[-16:] = 128
+    assert ingest._grey_fill_rows(a) == 16
+    a[-16:, :, 0] = 127  # not one value in every channel: not the decoder's fill
+    assert ingest._grey_fill_rows(a) == 0
+    cmyk = np.full((32, 8, 4), 127, np.uint8)  # Pillow inverts Adobe CMYK: zero blocks read 127
+    assert ingest._grey_fill_rows(cmyk) == 32
+    assert ingest._grey_fill_rows(np.full((8, 8), 128, np.uint8)) == 8

@@ -865,10 +865,11 @@ def main(
     camera_kind = "mixed" if (eq and pe) else ("equirectangular" if eq else "perspective")
 
     if len(kept) < opts.min_images:
-        listing = "".join(f"\n  {s['name']}: {s['reason']}" for s in skipped)
+        # one line (the CLI prints the message as its one-line error), every skipped file named
+        listing = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped)
         raise InputError(
             f"{folder}: only {len(kept)} usable image(s), need at least {opts.min_images} "
-            f"({len(entries)} entries, {len(skipped)} skipped{':' + listing if listing else ''})"
+            f"({len(entries)} entries, {len(skipped)} skipped{': ' + listing if listing else ''})"
         )
 
     # altitude fill, origin, ENU

@@ -234,11 +234,11 @@ def test_all_images_bad_lists_every_file(lund_dir, tmp_path):
     with pytest.raises(SplatForgeError) as e:
         ingest.main(d, out)
     msg = str(e.value)
-    assert "only 1 usable image(s), need at least 3" in msg and str(d.resolve()) in msg
+    assert "only 1 usable image(s), need at least 3" in msg and str(d.resolve()) in msg and "\n" not in msg
     for name, reason in [("00_bomb.jpg", "image too large"), ("00_empty.jpg", "empty file"),
                          ("00_lying.jpg", "grey fill"), ("00_notes.jpg", "not a JPEG")]:
-        line = next(ln for ln in msg.splitlines() if ln.strip().startswith(name + ":"))
-        assert reason in line
+        entry = next(e for e in msg.split("; ") if e.startswith(name + ":") or f"skipped: {name}:" in e)
+        assert reason in entry
     assert not out.exists()
 
 
@@ -356,3 +356,20 @@ def test_lund_and_real_captures_have_no_outliers(shared_data, lund_dir, tmp_path
     assert m["origin"] == {"name": "01.jpg", "lat": fixes[0, 0], "lon": fixes[0, 1], "alt": fixes[0, 2]}
     enu = geodetic_to_enu(fixes[:, 0], fixes[:, 1], fixes[:, 2], *fixes[0])
     np.testing.assert_allclose(np.array([r["enu"] for r in m["images"]]), enu, rtol=0, atol=1e-9)
+
+
+@pytest.mark.hostile(cls="image", expect="clear_error")
+def test_cli_bad_folder_one_line_error(lund_dir, tmp_path):
+    """``splatforge ingest`` as a subprocess: exit 1, one error line naming the bad files, no traceback."""
+    import subprocess
+    import sys
+
+    d = _folder(lund_dir, tmp_path / "in", names=("01", "02"))
+    _bomb(lund_dir, d)
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, "-m", "splatforge_core.cli", "ingest", str(d), str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 1
+    err = [ln for ln in (r.stdout + r.stderr).splitlines() if "usable image" in ln]
+    assert len(err) == 1 and "00_bomb.jpg: image too large" in err[0]
+    assert "Traceback" not in r.stdout + r.stderr and not out.exists()

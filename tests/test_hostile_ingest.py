@@ -110,6 +110,13 @@ def _truncated(lund_dir, d):
     return "00_trunc.jpg", ["truncated"]
 
 
+def _truncated_eoi(lund_dir, d):
+    # cut and "repaired" with an end-of-image marker: Pillow decodes it without an error
+    data = (lund_dir / "06.jpg").read_bytes()
+    (d / "00_cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    return "00_cut.jpg", ["ends before the image size in its header (1024x768)", "grey fill"]
+
+
 def _lying(lund_dir, d):
     # the case: a header claiming 12000x6000 over 1024x768 data
     (d / "00_lying.jpg").write_bytes(_with_sof((lund_dir / "06.jpg").read_bytes(), 12000, 6000))
@@ -150,6 +157,7 @@ def _twelve_bit(lund_dir, d):
 IMAGE_CASES = {
     "header_bomb": _bomb,
     "truncated_body": _truncated,
+    "truncated_with_eoi": _truncated_eoi,
     "lying_header": _lying,
     "lying_header_width": _wider,
     "zero_bytes": _zero,

@@ -6,16 +6,21 @@ What it does
   searched), in sorted file-name order (Python ``sorted`` on the names, i.e. code-point order).
 * Keeps files named ``*.jpg`` / ``*.jpeg`` in any letter case; every other entry gets a
   ``skipped`` record with its reason.
-* Reads only the JPEG header segments (Pillow's ``Image.open`` parses the markers up to the
-  start of scan, no pixel decode) and decodes the EXIF block with ``piexif``. The JPEG files are
+* Hashes each file (sha256 of its bytes), reads its JPEG frame header (:func:`read_jpeg_frame`)
+  and checks the size against ``max_pixels`` **before** decoding anything, then parses the
+  header segments with Pillow and decodes the EXIF block with ``piexif``. The JPEG files are
   never copied or modified.
-* With ``check_decode`` (default) each JPEG is additionally decoded at 1/8 scale (Pillow draft
-  mode: libjpeg DCT scaling) so that a truncated file is caught here and not in SfM.
+* With ``check_decode`` (default) each JPEG is fully decoded (Pillow, ``LOAD_TRUNCATED_IMAGES``
+  off: a truncated file raises) and its bottom rows are checked for libjpeg's grey fill (a
+  header claiming more pixels than the data holds decodes without error otherwise), so such a
+  file is caught and named here and not, much later, in projection or SfM.
 * Detects 360 equirectangular panoramas from the GPano XMP ``ProjectionType`` (Google Photo
   Sphere XMP metadata, https://developers.google.com/streetview/spherical-metadata), or, when
   no GPano data is present, from a 2:1 aspect ratio.
-* The first valid GPS fix in sorted file-name order is the origin; every fix is converted to
-  local ENU metres with :func:`geodetic_to_enu`.
+* GPS outliers (:func:`gps_outliers`: robust distance from the median position, altitude far
+  from the median altitude or physically absurd) are left out like any unusable fix. The first
+  fix of the remaining (inlier) set in sorted file-name order is the origin; every fix is
+  converted to local ENU metres with :func:`geodetic_to_enu`.
 * Writes ``manifest.json`` (schema in ``docs/formats.md``) atomically; on any error nothing
   is written.
 
@@ -24,9 +29,20 @@ Decisions on bad input (each covered by ``tests/test_ingest.py``)
 * no GPS / unusable GPS (missing, (0, 0), out of range, ``GPSStatus`` void, missing hemisphere
   reference): skipped with the reason, or kept with ``null`` position when
   ``require_gps`` is false;
-* not a JPEG although named ``.jpg`` (magic bytes), corrupt header, truncated data: skipped
-  with the reason; an :class:`~splatforge_core.errors.InputError` is raised only if fewer
-  than ``min_images`` usable images remain;
+* not a JPEG although named ``.jpg`` (magic bytes: PNG, text...), zero bytes, corrupt header,
+  truncated data, a header whose size the data cannot fill, more than ``max_pixels`` pixels,
+  12-bit/lossless/hierarchical JPEG: skipped with the reason (a warning naming the file); an
+  :class:`~splatforge_core.errors.InputError` is raised only if fewer than ``min_images``
+  usable images remain, and it lists every skipped file with its reason;
+* JPEG data in a file not named ``.jpg``/``.jpeg``: skipped with "rename it to .jpg";
+* greyscale and CMYK JPEGs: kept (``color_mode`` ``"L"``/``"CMYK"``, with a warning); the later
+  stages read images with OpenCV ``IMREAD_COLOR``, which gives 3-channel colour for both;
+* exact duplicates (same sha256 of the bytes, any names): the first in sorted order is kept,
+  later ones are skipped with ``duplicate of <name> (identical content ...)`` and listed in the
+  manifest's ``duplicates``; a held-out frame whose copy is in training would inflate the
+  held-out metrics;
+* GPS outliers: skipped (or kept with ``null`` position when ``require_gps`` is false) with the
+  numbers in the reason, and listed in the manifest's ``gps_outliers``;
 * duplicate names: two files whose *stems* are equal ignoring letter case (``a.jpg``,
   ``A.JPG``, ``a.jpeg``) are duplicates, because downstream stages name frames and images by
   the stem and because the names collide on case-insensitive file systems. The first one that
@@ -55,14 +71,19 @@ median altitude of the images that have one (0.0 if none has), flagged ``"alt_fi
 Extra manifest keys beyond the ``docs/formats.md`` example (additive, readers may ignore them):
 ``timestamp_source`` (``"exif_datetime_original"``, ``"gps_utc"`` or ``null``), ``alt_filled``
 (bool), ``heading_deg`` / ``heading_ref`` (EXIF ``GPSImgDirection`` / ``GPSImgDirectionRef``, or
-``null``) and ``gpano_pose_deg`` (GPano pose heading/pitch/roll, or ``null``) per image, and
-``options`` (the options used) at the top level.
+``null``), ``gpano_pose_deg`` (GPano pose heading/pitch/roll, or ``null``), ``sha256`` (of the
+file's bytes) and ``color_mode`` (Pillow mode: ``RGB``, ``L``, ``CMYK``) per image; ``path`` in
+each ``skipped`` record; ``options`` (the options used), ``duplicates`` (``name``,
+``duplicate_of``, ``sha256``) and ``gps_outliers`` (``name``, ``lat``, ``lon``, ``alt``,
+``reason``) at the top level.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -107,13 +128,33 @@ class IngestOptions:
         min_images: minimum number of kept images, else :class:`InputError` (default 3).
         allow_mixed: accept equirectangular panoramas and perspective photos in one folder
             (default False: :class:`InputError` listing which files are which).
-        check_decode: decode every JPEG at 1/8 scale (Pillow draft mode) to catch truncated
-            files (default True; measured ~2 ms per 1024x768 photo, ~30 ms per 5760x2880
-            panorama on one CPU core).
+        check_decode: fully decode every JPEG (Pillow, ``LOAD_TRUNCATED_IMAGES`` off) and check
+            its bottom rows for libjpeg's grey fill, to catch truncated files and headers that
+            claim more pixels than the data holds (default True; measured on one shared CPU core
+            ~16 ms per 1024x768 photo, ~0.3 s per 5760x2880 panorama).
         equirect_by_aspect: without GPano XMP, treat an image of aspect ratio 2:1 as an
             equirectangular panorama (default True).
         aspect_tolerance: relative tolerance on ``width / height == 2`` for that test
             (default 0.01).
+        max_pixels: largest ``width * height`` read from the JPEG frame header that is decoded;
+            a larger image is skipped before any pixel is decoded (default 100,000,000: a 12K
+            360 panorama, 11968x5984 = 71.6 MP, passes with margin, a 16K one (15360x7680 =
+            118 MP) or a 60000x30000 decompression bomb does not; one decoded 100 MP RGB image
+            takes 300 MB, and the projection stage holds a few such arrays). Pillow's own
+            ``MAX_IMAGE_PIXELS`` is set to this value while ingest decodes.
+        gps_outlier_k: a fix whose horizontal distance from the median position exceeds
+            ``max(gps_outlier_k * 1.4826 * median distance, gps_outlier_floor_m)`` is an
+            outlier (default 6.0; 1.4826 makes the median absolute deviation a standard
+            deviation for normal data). The same ``k`` applies to the altitude test. Because
+            ``k * 1.4826 > 1``, at most a minority of fixes can ever be outliers.
+        gps_outlier_floor_m: lower bound of the horizontal outlier distance in metres, so that
+            a compact capture (all fixes within metres) does not reject ordinary GPS noise
+            (default 250 m, larger than consumer GPS errors in urban canyons).
+        alt_outlier_floor_m: lower bound of the altitude outlier deviation in metres
+            (default 100 m; consumer GPS altitude noise is tens of metres).
+        alt_min_m, alt_max_m: physically plausible altitude range in metres; a fix outside it is
+            an outlier whatever the others say (default -500 m, below the Dead Sea shore at
+            -430 m, to 10,000 m, above Mount Everest at 8,849 m).
     """
 
     require_gps: bool = True
@@ -122,6 +163,12 @@ class IngestOptions:
     check_decode: bool = True
     equirect_by_aspect: bool = True
     aspect_tolerance: float = 0.01
+    max_pixels: int = 100_000_000
+    gps_outlier_k: float = 6.0
+    gps_outlier_floor_m: float = 250.0
+    alt_outlier_floor_m: float = 100.0
+    alt_min_m: float = -500.0
+    alt_max_m: float = 10_000.0
 
     def __post_init__(self) -> None:
         for f in ("require_gps", "allow_mixed", "check_decode", "equirect_by_aspect"):
@@ -129,9 +176,24 @@ class IngestOptions:
                 raise InputError(f"ingest option {f!r} must be true or false, got {getattr(self, f)!r}")
         if isinstance(self.min_images, bool) or not isinstance(self.min_images, int) or self.min_images < 1:
             raise InputError(f"ingest option 'min_images' must be an integer >= 1, got {self.min_images!r}")
-        tol = self.aspect_tolerance
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 0.5:
-            raise InputError(f"ingest option 'aspect_tolerance' must be a number in [0, 0.5), got {tol!r}")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or not 1 <= self.max_pixels <= 2**40:
+            raise InputError(f"ingest option 'max_pixels' must be an integer in [1, 2**40], got {self.max_pixels!r}")
+        ranges = {
+            "aspect_tolerance": (0.0, 0.5, False),
+            "gps_outlier_k": (1.0, 1e6, True),
+            "gps_outlier_floor_m": (0.0, 2.1e7, True),
+            "alt_outlier_floor_m": (0.0, 1e5, True),
+            "alt_min_m": (-1e5, 1e5, True),
+            "alt_max_m": (-1e5, 1e5, True),
+        }
+        for f, (lo, hi, hi_incl) in ranges.items():
+            v = getattr(self, f)
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and lo <= v
+            ok = ok and (v <= hi if hi_incl else v < hi)
+            if not ok:
+                raise InputError(f"ingest option {f!r} must be a number in [{lo:g}, {hi:g}{']' if hi_incl else ')'}, got {v!r}")
+        if self.alt_min_m >= self.alt_max_m:
+            raise InputError(f"ingest options: alt_min_m ({self.alt_min_m}) must be below alt_max_m ({self.alt_max_m})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "IngestOptions":
@@ -309,11 +371,160 @@ _MAGIC_HINTS = (
 def _not_jpeg_reason(head: bytes) -> str | None:
     if head[:2] == b"\xff\xd8":  # SOI marker (ITU-T T.81 B.1.1.3); the rest may still be corrupt
         return None
+    if not head:
+        return "empty file (0 bytes)"
     kind = next((k for m, k in _MAGIC_HINTS if head.startswith(m)), None)
     if kind is None and head[4:8] == b"ftyp":
         kind = "HEIF/ISO-BMFF"
-    what = f"looks like {kind}" if kind else f"starts with {head[:4]!r}"
-    return f"not a JPEG file although named .jpg ({what})"
+    if kind:
+        return f"not a JPEG file although named .jpg ({kind} data): convert it to JPEG"
+    return f"not a JPEG file although named .jpg (starts with {head[:4]!r})"
+
+
+# Start-of-frame markers (ITU-T T.81 Table B.1): SOF0-3, 5-7 (Huffman), 9-11, 13-15 (arithmetic).
+# 0xC4 (DHT), 0xC8 (JPG), 0xCC (DAC) share the range but are not frame headers.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+# The frame types libjpeg(-turbo) decodes with 8-bit samples, i.e. what Pillow and OpenCV read:
+# baseline, extended and progressive DCT, Huffman or arithmetic coded.
+_SOF_SUPPORTED = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
+
+
+@dataclass(frozen=True)
+class JpegFrame:
+    """The frame header (SOF segment) of a JPEG file: what its pixel data claims to be.
+
+    Attributes:
+        marker: the SOF marker byte (0xC0 baseline, 0xC2 progressive...; ITU-T T.81 Table B.1).
+        precision: bits per sample (8 for ordinary photos, 12 or 16 for extended/lossless).
+        width, height: pixels (``height`` 0 means "defined later by a DNL marker").
+        components: 1 greyscale, 3 YCbCr/RGB, 4 CMYK/YCCK.
+    """
+
+    marker: int
+    precision: int
+    width: int
+    height: int
+    components: int
+
+
+def read_jpeg_frame(f, max_segments: int = 4096) -> JpegFrame:
+    """Read the first frame header of a JPEG without decoding any pixel.
+
+    Walks the marker segments from SOI to the first SOF (ITU-T T.81 / ISO 10918-1, B.1.1:
+    each marker is ``0xFF`` + code, optionally preceded by ``0xFF`` fill bytes; every marker
+    except SOI, EOI, RSTn and TEM is followed by a 2-byte big-endian length that includes
+    itself). EXIF thumbnails live inside APP1 segments and are skipped with them.
+
+    Args:
+        f: binary file object positioned anywhere (it is rewound).
+        max_segments: segments walked before giving up (bounds the work on hostile input).
+
+    Returns:
+        :class:`JpegFrame`.
+
+    Raises:
+        ValueError: no SOI, a broken segment chain, end of file, or start of scan before any
+            frame header; the message says which.
+    """
+    f.seek(0)
+    if f.read(2) != b"\xff\xd8":
+        raise ValueError("no JPEG start-of-image marker")
+    for _ in range(max_segments):
+        b = f.read(1)
+        if b != b"\xff":
+            raise ValueError(f"broken marker chain at byte {f.tell() - 1} (expected 0xFF, got {b!r})")
+        code = 0xFF
+        while code == 0xFF:  # fill bytes
+            c = f.read(1)
+            if not c:
+                raise ValueError("file ends inside the JPEG header")
+            code = c[0]
+        if code == 0x01 or 0xD0 <= code <= 0xD7:  # TEM, RSTn: no length
+            continue
+        if code in (0xD9, 0xDA):
+            raise ValueError("no frame header (SOF) before the " + ("end of image" if code == 0xD9 else "image data"))
+        ln = f.read(2)
+        if len(ln) < 2:
+            raise ValueError("file ends inside the JPEG header")
+        n = int.from_bytes(ln, "big")
+        if n < 2:
+            raise ValueError(f"invalid segment length {n} for marker 0xFF{code:02X}")
+        if code in _SOF_MARKERS:
+            body = f.read(6)
+            if len(body) < 6 or n < 8:
+                raise ValueError("file ends inside the JPEG frame header")
+            return JpegFrame(
+                marker=code,
+                precision=body[0],
+                height=int.from_bytes(body[1:3], "big"),
+                width=int.from_bytes(body[3:5], "big"),
+                components=body[5],
+            )
+        f.seek(n - 2, os.SEEK_CUR)
+    raise ValueError(f"no frame header (SOF) in the first {max_segments} JPEG segments")
+
+
+def _sha256(f) -> str:
+    """sha256 hex digest of a binary file object's whole content (read in 1 MiB chunks)."""
+    f.seek(0)
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int):
+    """Set Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, a module global) to
+    ``max_pixels`` for the duration, so that the ingest cap is the only one in force (ingest
+    has checked the header against it already) and Pillow's own check stays as a backstop."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _grey_fill_rows(a: np.ndarray) -> int:
+    """Number of bottom rows of a decoded image that are libjpeg's fill for missing data.
+
+    When the entropy-coded data ends (or hits a marker) before the frame size in the header is
+    filled, libjpeg warns ("premature end of data segment") and decodes every remaining block
+    with all DCT coefficients zero, i.e. exactly mid-grey: sample value 128 in every component
+    (127 after Pillow's inversion of Adobe CMYK). Pillow drops that warning, so a header edited
+    to claim 12000x6000 over 1024x768 data decodes "fine"; this finds the fill instead.
+
+    Args:
+        a: ``[H, W]`` or ``[H, W, C]`` uint8 decoded image.
+
+    Returns:
+        how many rows, counted from the bottom, are entirely 127 or entirely 128 in every channel.
+    """
+    rows = a.reshape(a.shape[0], -1)
+    n = 0
+    for v in (128, 127):
+        if not np.all(rows[-1] == v):  # the common case: one row compared, done
+            continue
+        flat = np.all(rows == v, axis=1)
+        n = max(n, len(flat) if flat.all() else int(np.argmin(flat[::-1])))
+    return n
+
+
+def _jpeg_named_otherwise(path: Path) -> str | None:
+    """Skip reason for JPEG data in a file not named .jpg/.jpeg (say, ``photo.png``), else None.
+
+    Such a file is skipped, not read: its name is what later stages use, and a wrong extension
+    usually means the file is not what the user thinks. The reason says to rename it.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError:
+        return None
+    if head == b"\xff\xd8\xff":
+        return f"JPEG data in a file named {path.suffix or 'without extension'} (skipped): rename it to .jpg to use it"
+    return None
 
 
 @dataclass
@@ -321,35 +532,85 @@ class _Read:
     record: dict | None = None
     reason: str | None = None  # skip reason
     gps_reason: str | None = None  # why the position is null (record kept)
+    sha256: str | None = None
 
 
-def _read_one(path: Path, opts: IngestOptions) -> _Read:
-    """Read one JPEG's header metadata; returns a record or a skip reason (never raises on bad files)."""
+def _check_pixels(path: Path, frame: JpegFrame, opts: IngestOptions) -> str | None:
+    """Skip reason for a frame header ingest will not decode, or None."""
+    w, h = frame.width, frame.height
+    if w == 0 or h == 0:
+        return f"JPEG frame header gives no image size ({w}x{h}; DNL-defined height is not supported)"
+    if w * h > opts.max_pixels:
+        return (
+            f"image too large: its header claims {w}x{h} = {w * h / 1e6:.1f} megapixels, over the cap of "
+            f"{opts.max_pixels / 1e6:g} MP (ingest.max_pixels; a decompression bomb, or a real image "
+            f"to downscale, or raise ingest.max_pixels)"
+        )
+    if frame.marker not in _SOF_SUPPORTED or frame.precision != 8:
+        kind = "lossless" if frame.marker in (0xC3, 0xC7, 0xCB, 0xCF) else "hierarchical" if frame.marker in (
+            0xC5, 0xC6, 0xCD, 0xCE) else "DCT"
+        return (
+            f"unsupported JPEG variant: {frame.precision}-bit {kind} (SOF marker 0xFF{frame.marker:02X}); "
+            f"only 8-bit baseline/progressive JPEG is read, export the photo as an ordinary 8-bit JPEG"
+        )
+    if frame.components not in (1, 3, 4):
+        return f"unsupported JPEG with {frame.components} colour components (1, 3 or 4 are read)"
+    return None
+
+
+def _read_one(path: Path, opts: IngestOptions, seen: dict[str, str] | None = None) -> _Read:
+    """Read one JPEG's header metadata; returns a record or a skip reason (never raises on bad files).
+
+    Order (cheap before expensive, nothing decoded before its size is checked): magic bytes,
+    sha256 of the bytes, frame header (size, precision, components) against ``max_pixels``,
+    Pillow header parse, full decode with the grey-fill check, EXIF/XMP. A file whose sha256 is
+    in ``seen`` (sha256 -> name of an earlier file) is a duplicate and is not decoded again.
+    """
     try:
         with open(path, "rb") as f:
             head = f.read(16)
+            bad = _not_jpeg_reason(head)
+            if bad:
+                return _Read(reason=bad)
+            sha = _sha256(f)
+            if seen is not None and sha in seen:
+                return _Read(reason=f"duplicate of {seen[sha]} (identical content, sha256 {sha[:12]}...)", sha256=sha)
+            try:
+                frame = read_jpeg_frame(f)
+            except ValueError as e:
+                return _Read(reason=f"corrupt JPEG header ({e})", sha256=sha)
     except OSError as e:
         return _Read(reason=f"cannot read file ({e.strerror or e})")
-    bad = _not_jpeg_reason(head)
+    bad = _check_pixels(path, frame, opts)
     if bad:
-        return _Read(reason=bad)
+        return _Read(reason=bad, sha256=sha)
     try:
-        with Image.open(path) as im:
+        with _pil_pixel_limit(opts.max_pixels), Image.open(path) as im:
             if im.format not in ("JPEG", "MPO"):
-                return _Read(reason=f"not a JPEG file (Pillow reads it as {im.format})")
+                return _Read(reason=f"not a JPEG file (Pillow reads it as {im.format})", sha256=sha)
             width, height = (int(v) for v in im.size)
             exif_bytes = im.info.get("exif")
             xmp = im.info.get("xmp")
+            mode = im.mode
             if opts.check_decode:
                 try:
-                    im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                     im.load()
+                    fill = _grey_fill_rows(np.asarray(im))
                 except (OSError, ValueError, SyntaxError) as e:
-                    return _Read(reason=f"truncated or corrupt JPEG data ({e})")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        return _Read(reason=f"corrupt JPEG header ({e})")
+                    return _Read(reason=f"truncated or corrupt JPEG data ({e})", sha256=sha)
+                if fill >= 8:  # at least one block row: a real photo has no exactly flat 128 band
+                    return _Read(
+                        reason=f"JPEG data ends before the image size in its header ({width}x{height}): the bottom "
+                        f"{fill} rows are the decoder's grey fill for missing data (truncated file or edited header)",
+                        sha256=sha,
+                    )
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return _Read(reason=f"corrupt JPEG header ({e})", sha256=sha)
     if width <= 0 or height <= 0:
-        return _Read(reason=f"invalid image size {width}x{height}")
+        return _Read(reason=f"invalid image size {width}x{height}", sha256=sha)
+    if (width, height) != (frame.width, frame.height):
+        return _Read(reason=f"inconsistent JPEG header (frame header {frame.width}x{frame.height}, Pillow "
+                     f"reads {width}x{height})", sha256=sha)
 
     exif: dict = {}
     exif_error = None
@@ -364,18 +625,19 @@ def _read_one(path: Path, opts: IngestOptions) -> _Read:
     proj = gp.get("ProjectionType")
     if proj is not None:
         if proj.lower() != "equirectangular":
-            return _Read(reason=f"unsupported GPano ProjectionType {proj!r} (only equirectangular)")
+            return _Read(reason=f"unsupported GPano ProjectionType {proj!r} (only equirectangular)", sha256=sha)
         try:
             full_w = int(float(gp.get("FullPanoWidthPixels", width)))
             full_h = int(float(gp.get("FullPanoHeightPixels", height)))
             crop_w = int(float(gp.get("CroppedAreaImageWidthPixels", full_w)))
             crop_h = int(float(gp.get("CroppedAreaImageHeightPixels", full_h)))
         except ValueError:
-            return _Read(reason=f"unreadable GPano pixel sizes in XMP: {gp}")
+            return _Read(reason=f"unreadable GPano pixel sizes in XMP: {gp}", sha256=sha)
         if crop_w != full_w or crop_h != full_h:
             return _Read(
                 reason=f"partial equirectangular panorama (GPano cropped area {crop_w}x{crop_h} of "
-                f"{full_w}x{full_h}); only full 360x180 panoramas are supported"
+                f"{full_w}x{full_h}); only full 360x180 panoramas are supported",
+                sha256=sha,
             )
         kind = "equirectangular"
     elif opts.equirect_by_aspect and abs(width / height - 2.0) <= 2.0 * opts.aspect_tolerance:
@@ -393,6 +655,8 @@ def _read_one(path: Path, opts: IngestOptions) -> _Read:
         "width": width,
         "height": height,
         "kind": kind,
+        "sha256": sha,
+        "color_mode": mode,
         "lat": None,
         "lon": None,
         "alt": None,
@@ -412,11 +676,80 @@ def _read_one(path: Path, opts: IngestOptions) -> _Read:
     gps = exif_error or _parse_gps(exif.get("GPS", {}))
     if isinstance(gps, str):
         if opts.require_gps:
-            return _Read(reason=gps)
-        return _Read(record=rec, gps_reason=gps)
+            return _Read(reason=gps, sha256=sha)
+        return _Read(record=rec, gps_reason=gps, sha256=sha)
     rec["lat"], rec["lon"], rec["alt"] = gps
     rec["heading_deg"], rec["heading_ref"] = _parse_heading(exif.get("GPS", {}))
-    return _Read(record=rec)
+    return _Read(record=rec, sha256=sha)
+
+
+# --------------------------------------------------------------------------------------
+# GPS outliers
+
+
+_MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation for normal data
+
+
+def gps_outliers(lat, lon, alt, opts: IngestOptions) -> list[str | None]:
+    """Find stray GPS fixes and absurd altitudes with robust statistics.
+
+    Horizontal: every fix is expressed in a local Cartesian frame (ENU at the first fix, all
+    altitudes set to 0, so the distances are chord lengths: correct across the antimeridian and
+    for a fix on the far side of the Earth); the median position is the per-axis median there,
+    and a fix is an outlier if its distance ``d_i`` from it exceeds
+    ``max(k * 1.4826 * median(d), gps_outlier_floor_m)``. Altitude: an outlier if
+    ``|alt_i - median(alt)| > max(k * 1.4826 * MAD(alt), alt_outlier_floor_m)`` (MAD: median
+    absolute deviation; altitudes that are ``None`` take no part), or outside
+    ``[alt_min_m, alt_max_m]``. Since ``k * 1.4826 > 1``, a fix at the median distance is never
+    an outlier: a majority of the fixes always stays.
+
+    Args:
+        lat, lon: ``[N]`` degrees WGS84 (valid: |lat| <= 90, |lon| <= 180).
+        alt: ``[N]`` metres, or None entries for fixes without altitude.
+        opts: ``gps_outlier_k``, ``gps_outlier_floor_m``, ``alt_outlier_floor_m``, ``alt_min_m``,
+            ``alt_max_m``.
+
+    Returns:
+        ``[N]`` list: None for an inlier, else the reason (a sentence with the numbers).
+    """
+    n = len(lat)
+    out: list[str | None] = [None] * n
+    if n == 0:
+        return out
+    k = opts.gps_outlier_k
+    if n >= 2:
+        xyz = geodetic_to_enu(lat, lon, np.zeros(n), lat[0], lon[0], 0.0)
+        d = np.linalg.norm(xyz - np.median(xyz, axis=0), axis=1)
+        med_d = float(np.median(d))
+        limit = max(k * _MAD_TO_SIGMA * med_d, opts.gps_outlier_floor_m)
+        for i in np.flatnonzero(d > limit):
+            out[i] = (
+                f"GPS outlier: {_fmt_m(d[i])} from the median position of the {n} fixes, over the limit of "
+                f"{_fmt_m(limit)} (max of {k:g} x 1.4826 x median distance {_fmt_m(med_d)} and "
+                f"ingest.gps_outlier_floor_m {_fmt_m(opts.gps_outlier_floor_m)})"
+            )
+    idx = [i for i in range(n) if alt[i] is not None]
+    if idx:
+        a = np.array([alt[i] for i in idx], dtype=np.float64)
+        med = float(np.median(a))
+        mad = float(np.median(np.abs(a - med)))
+        limit = max(k * _MAD_TO_SIGMA * mad, opts.alt_outlier_floor_m)
+        for j, i in enumerate(idx):
+            why = None
+            if not opts.alt_min_m <= a[j] <= opts.alt_max_m:
+                why = (f"GPS altitude {a[j]:.1f} m is outside the plausible range [{opts.alt_min_m:g}, "
+                       f"{opts.alt_max_m:g}] m (ingest.alt_min_m / alt_max_m)")
+            elif len(idx) >= 2 and abs(a[j] - med) > limit:
+                why = (f"GPS altitude outlier: {a[j]:.1f} m is {abs(a[j] - med):.1f} m from the median altitude "
+                       f"{med:.1f} m of the {len(idx)} fixes, over the limit of {limit:.1f} m (max of {k:g} x "
+                       f"1.4826 x MAD {mad:.1f} m and ingest.alt_outlier_floor_m {opts.alt_outlier_floor_m:g} m)")
+            if why:
+                out[i] = why if out[i] is None else f"{out[i]}; {why}"
+    return out
+
+
+def _fmt_m(x: float) -> str:
+    return f"{x / 1000:.1f} km" if x >= 10_000 else f"{x:.1f} m"
 
 
 # --------------------------------------------------------------------------------------
@@ -442,7 +775,9 @@ def main(
 
     Raises:
         InputError: missing/unreadable folder, bad options, mixed camera kinds (unless
-            ``allow_mixed``), fewer than ``min_images`` usable images. Nothing is written then.
+            ``allow_mixed``), fewer than ``min_images`` usable images (the message lists every
+            skipped file and why). Nothing is written then. Bad single files (corrupt, too
+            large, duplicate, GPS outlier...) never raise: they are skipped with a warning.
     """
     opts = build_options(IngestOptions, options, "ingest")
     if opts.check_decode and ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -458,7 +793,15 @@ def main(
 
     kept: list[dict] = []
     skipped: list[dict] = []
+    duplicates: list[dict] = []
     stems: dict[str, str] = {}  # casefolded stem -> kept name
+    hashes: dict[str, str] = {}  # sha256 of the bytes -> name of the first file with them
+
+    def skip(name: str, reason: str, warn: bool = True) -> None:
+        skipped.append({"name": name, "path": str(folder / name), "reason": reason})
+        if warn:
+            log.warning("%s: skipped: %s", folder / name, reason)
+
     for name in entries:
         p = folder / name
         if name.startswith("."):
@@ -466,27 +809,50 @@ def main(
             # output) are not photos and not worth a skipped entry.
             continue
         if p.is_dir():
-            skipped.append({"name": name, "reason": "folder (ingest does not search sub-folders)"})
+            skip(name, "folder (ingest does not search sub-folders)", warn=False)
             continue
         if p.suffix.lower() not in JPEG_SUFFIXES:
-            skipped.append({"name": name, "reason": "not a .jpg/.jpeg file (ignored)"})
+            hint = _jpeg_named_otherwise(p) if p.is_file() else None
+            skip(name, hint or "not a .jpg/.jpeg file (ignored)", warn=bool(hint))
             continue
         if not p.is_file():
-            skipped.append({"name": name, "reason": "not a regular file"})
+            skip(name, "not a regular file")
             continue
         key = p.stem.casefold()
         if key in stems:
-            skipped.append({"name": name, "reason": f"duplicate of {stems[key]} (same name stem ignoring case)"})
+            skip(name, f"duplicate of {stems[key]} (same name stem ignoring case)")
             continue
-        r = _read_one(p, opts)
+        r = _read_one(p, opts, hashes)
+        if r.sha256 is not None:
+            first = hashes.setdefault(r.sha256, name)
+            if first != name:
+                duplicates.append({"name": name, "duplicate_of": first, "sha256": r.sha256})
         if r.record is None:
-            skipped.append({"name": name, "reason": r.reason})
-            log.warning("%s: skipped: %s", p, r.reason)
+            skip(name, r.reason)
             continue
         if r.gps_reason:
             log.warning("%s: kept without position (require_gps is false): %s", p, r.gps_reason)
+        if r.record["color_mode"] in ("L", "CMYK"):
+            log.warning("%s: %s JPEG kept; later stages read it as 3-channel colour (OpenCV IMREAD_COLOR)",
+                        p, "greyscale" if r.record["color_mode"] == "L" else "CMYK")
         stems[key] = name
         kept.append(r.record)
+
+    # GPS outliers: left out like any unusable fix, before the origin is chosen
+    with_fix = [r for r in kept if r["lat"] is not None]
+    outliers: list[dict] = []
+    bad = gps_outliers([r["lat"] for r in with_fix], [r["lon"] for r in with_fix], [r["alt"] for r in with_fix], opts)
+    for r, why in zip(with_fix, bad):
+        if why is None:
+            continue
+        outliers.append({"name": r["name"], "lat": r["lat"], "lon": r["lon"], "alt": r["alt"], "reason": why})
+        if opts.require_gps:
+            kept.remove(r)
+            skip(r["name"], why)
+        else:
+            log.warning("%s: kept without position (require_gps is false): %s", r["path"], why)
+            r["lat"] = r["lon"] = r["alt"] = None
+    skipped.sort(key=lambda t: t["name"])
 
     # camera kind
     eq = [r["name"] for r in kept if r["kind"] == "equirectangular"]
@@ -499,13 +865,11 @@ def main(
     camera_kind = "mixed" if (eq and pe) else ("equirectangular" if eq else "perspective")
 
     if len(kept) < opts.min_images:
-        reasons: dict[str, int] = {}
-        for s in skipped:
-            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-        detail = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda t: -t[1])[:5])
+        # one line (the CLI prints the message as its one-line error), every skipped file named
+        listing = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped)
         raise InputError(
             f"{folder}: only {len(kept)} usable image(s), need at least {opts.min_images} "
-            f"({len(entries)} entries, {len(skipped)} skipped{': ' + detail if detail else ''})"
+            f"({len(entries)} entries, {len(skipped)} skipped{': ' + listing if listing else ''})"
         )
 
     # altitude fill, origin, ENU
@@ -519,7 +883,7 @@ def main(
     origin = None
     extent = [0.0, 0.0, 0.0]
     if with_fix:
-        o = with_fix[0]
+        o = with_fix[0]  # the first fix of the inlier set in sorted file-name order
         origin = {"name": o["name"], "lat": o["lat"], "lon": o["lon"], "alt": o["alt"]}
         enu = geodetic_to_enu(
             [r["lat"] for r in with_fix],
@@ -542,6 +906,8 @@ def main(
         "options": dataclasses.asdict(opts),
         "images": kept,
         "skipped": skipped,
+        "duplicates": duplicates,
+        "gps_outliers": outliers,
     }
     write_json(manifest_path, manifest)
     log.info(
@@ -568,7 +934,9 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-require-gps", action="store_true", help="keep images without GPS (null position)")
     ap.add_argument("--min-images", type=int, default=IngestOptions.min_images, help="minimum usable images (default %(default)s)")
     ap.add_argument("--allow-mixed", action="store_true", help="accept panoramas and perspective photos together")
-    ap.add_argument("--no-check-decode", action="store_true", help="skip the 1/8-scale decode that catches truncated files")
+    ap.add_argument("--no-check-decode", action="store_true", help="skip the full decode that catches truncated files and lying headers")
+    ap.add_argument("--max-pixels", type=int, default=IngestOptions.max_pixels,
+                    help="skip images whose header claims more pixels (default %(default)s)")
     a = ap.parse_args(argv)
     main(
         a.input_dir,
@@ -578,6 +946,7 @@ def cli(argv: list[str] | None = None) -> int:
             min_images=a.min_images,
             allow_mixed=a.allow_mixed,
             check_decode=not a.no_check_decode,
+            max_pixels=a.max_pixels,
         ),
     )
     return 0

@@ -232,7 +232,8 @@ def test_non_jpeg_named_jpg_and_other_files(lund_dir, tmp_path):
     m = ingest.main(d, tmp_path / "m.json")
     rs = _reasons(m)
     assert rs["fake.jpg"].startswith("not a JPEG file although named .jpg") and "PNG" in rs["fake.jpg"]
-    assert rs["photo.png"] == rs["notes.txt"] == "not a .jpg/.jpeg file (ignored)"
+    assert rs["notes.txt"] == "not a .jpg/.jpeg file (ignored)"
+    assert rs["photo.png"] == "JPEG data in a file named .png (skipped): rename it to .jpg to use it"
     assert "sub-folders" in rs["sub"]
     assert [r["name"] for r in m["images"]] == ["01.jpg", "02.jpg", "03.jpg"]
 
@@ -296,13 +297,14 @@ def test_mixed_input(lund_dir, pano_path, tmp_path):
     d = _lund(lund_dir, tmp_path / "in")
     (d / "pano.jpg").symlink_to(pano_path)
     out = tmp_path / "m.json"
+    far = {"gps_outlier_floor_m": 1e6}  # the panorama was taken 549 km from lund: no GPS outlier test here
     with pytest.raises(InputError) as e:
-        ingest.main(d, out)
+        ingest.main(d, out, far)
     msg = str(e.value)
     assert "1 equirectangular panorama(s) ['pano.jpg']" in msg
     assert "3 perspective photo(s) ['01.jpg', '02.jpg', '03.jpg']" in msg and str(d) in msg
     assert not out.exists()
-    m = ingest.main(d, out, {"allow_mixed": True})
+    m = ingest.main(d, out, {"allow_mixed": True, **far})
     assert m["camera_kind"] == "mixed"
     assert {r["name"]: r["kind"] for r in m["images"]}["pano.jpg"] == "equirectangular"
 
@@ -371,3 +373,39 @@ def test_hidden_files_are_ignored_silently(tmp_path, lund_dir):
     m = ingest.main(tmp_path, tmp_path.parent / f"{tmp_path.name}_manifest.json")
     assert len(m["images"]) == 3
     assert m["skipped"] == []
+
+
+def test_hostile_options_ranges():
+    o = IngestOptions.from_dict({"max_pixels": 5, "gps_outlier_k": 3, "gps_outlier_floor_m": 0, "alt_min_m": -10, "alt_max_m": 10})
+    assert (o.max_pixels, o.gps_outlier_k, o.gps_outlier_floor_m) == (5, 3, 0)
+    for bad in [{"max_pixels": 0}, {"max_pixels": 2**41}, {"gps_outlier_k": 0.5}, {"gps_outlier_floor_m": -1},
+                {"alt_outlier_floor_m": float("nan")}, {"alt_min_m": 100.0, "alt_max_m": 50.0}]:
+        with pytest.raises(InputError, match=next(iter(bad))):
+            IngestOptions.from_dict(bad)
+
+
+def test_read_jpeg_frame_matches_pillow(lund_dir, pano_path):
+    for p in (lund_dir / "01.jpg", pano_path):  # EXIF thumbnails (a second SOF inside APP1) are skipped
+        with open(p, "rb") as f:
+            fr = ingest.read_jpeg_frame(f)
+        assert (fr.width, fr.height) == Image.open(p).size
+        assert (fr.precision, fr.components) == (8, 3) and fr.marker in (0xC0, 0xC2)
+    import io
+
+    for data, what in [(b"\xff\xd8\xff\xe1\x00", "ends inside"), (b"\xff\xd8\xff\xda\x00\x02", "no frame header"),
+                       (b"\xff\xd8\x00", "broken marker chain"), (b"\x89PNG", "no JPEG start")]:
+        with pytest.raises(ValueError, match=what):
+            ingest.read_jpeg_frame(io.BytesIO(data))
+
+
+def test_grey_fill_rows():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    assert ingest._grey_fill_rows(a) == 0
+    a[-16:] = 128
+    assert ingest._grey_fill_rows(a) == 16
+    a[-16:, :, 0] = 127  # not one value in every channel: not the decoder's fill
+    assert ingest._grey_fill_rows(a) == 0
+    cmyk = np.full((32, 8, 4), 127, np.uint8)  # Pillow inverts Adobe CMYK: zero blocks read 127
+    assert ingest._grey_fill_rows(cmyk) == 32
+    assert ingest._grey_fill_rows(np.full((8, 8), 128, np.uint8)) == 8

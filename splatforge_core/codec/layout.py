@@ -21,6 +21,7 @@ trailing bytes the header does not account for, and files that are not PLY.
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from ..splat import (  # noqa: F401 - the PLY parser lives in the shared splat m
 CONSTANT_COMMENT = "constant_field"
 #: Header comment that marks a file written by the qat-3dgs preset.
 CODEC_COMMENT = "splatforge_codec"
+#: Header comment of a qat-3dgs PLY holding the SHA-256 (64 hex digits) of the file without that line.
+CHECKSUM_COMMENT = "splatforge_sha256"
 
 
 def validate_3dgs(header: PlyHeader) -> None:
@@ -84,3 +87,35 @@ def hex_to_bytes(hexstr: str, dtype: np.dtype) -> bytes:
         raise InputError(f"constant {hexstr!r} has {len(be)} bytes, {dtype} needs {dtype.itemsize}")
     little = dtype.byteorder == "<" or (dtype.byteorder in "=|" and np.little_endian)
     return be[::-1] if little and dtype.itemsize > 1 else be
+
+
+def stored_header(path: str | os.PathLike, meta: dict) -> PlyHeader:
+    """Parse the PLY header a container stores under ``meta["ply_header"]`` (bounded parser).
+
+    Raises :class:`InputError` naming the file when it is missing, not a string, not ASCII
+    or not a valid binary PLY header with a scalar ``vertex`` element.
+    """
+    raw = meta.get("ply_header")
+    if not isinstance(raw, str):
+        raise InputError(f"{path}: container has no stored PLY header; re-encode it from the source splat")
+    try:
+        b = raw.encode("ascii")
+    except UnicodeEncodeError:
+        raise InputError(f"{path}: the stored PLY header has non-ASCII characters (edited?); "
+                         "re-encode it from the source splat") from None
+    hdr = parse_header(str(path), raw=b)
+    if hdr.fmt == "ascii" or hdr.element("vertex").has_list:
+        raise InputError(f"{path}: the stored PLY header is not a binary splat header; re-encode it from the source splat")
+    return hdr
+
+
+def check_constant(path: str | os.PathLike, name: str, hexstr, dtype: np.dtype) -> bytes:
+    """The bytes of a stored constant (hex of its bits, :func:`bits_hex`), checked: a string
+    of exactly ``2 * dtype.itemsize`` hex digits, else :class:`InputError` naming file and column."""
+    if not isinstance(hexstr, str):
+        raise InputError(f"{path}: constant of column {name!r} is {hexstr!r}, not a hex string; "
+                         "re-encode it from the source splat")
+    try:
+        return hex_to_bytes(hexstr, dtype)
+    except InputError as e:
+        raise InputError(f"{path}: column {name!r}: {e}; re-encode it from the source splat") from None

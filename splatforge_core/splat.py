@@ -459,7 +459,10 @@ def read_splat_ply(path: str | os.PathLike) -> Dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: splat PLY not found")
-    header = parse_header(path)  # bounded: size and property caps, linear time
+    try:
+        header = parse_header(path)  # bounded: size and property caps, linear time
+    except InputError as e:
+        raise InputError(f"{path}: not a readable PLY file ({str(e).removeprefix(f'{path}: ')})") from None
     if not any(e.name == "vertex" for e in header.elements):
         raise InputError(f"{path}: PLY has no 'vertex' element, not a Gaussian splat")
     v = _read_ascii_vertices(path, header) if header.fmt == "ascii" else read_body(header).vertices

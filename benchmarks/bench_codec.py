@@ -121,8 +121,9 @@ def main_bench() -> None:
         "Notes:",
         "- The first call in a fresh process pays page faults for new 287 MB buffers; the "
         "median hides that for repeats. Inputs are memory-mapped to avoid most of it.",
-        "- qat-3dgs adds a 36-byte marker comment: on a PLY with no constant column "
-        "(mipsplat_sh0) the output is 36 bytes larger.",
+        "- qat-3dgs adds a 36-byte marker comment and a 91-byte SHA-256 comment (format version 2, #18): "
+        "on a PLY with no constant column (mipsplat_sh0) the output is 127 bytes larger. Every .sfz "
+        "ends in a 32-byte SHA-256. Encode and decode include hashing the file (SHA-256).",
         "- The synthetic PLY's SH coefficients are white noise, so every entropy-coded "
         "figure on it is pessimistic (real SH is more compressible); it has no render PSNR.",
         "- quantised: 10x is reached on SH3 data; an SH0 PLY is only 56 bytes per Gaussian, "

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     try:
         return int(getattr(module, func_name)(rest) or 0)
-    except SplatForgeError as e:
-        get_logger().error("%s", e)
+    except SplatForgeError as e:  # an error the user can act on: one line, no traceback, exit 1
+        get_logger().error("%s", " ".join(str(e).split()))
         return 1
 
 

@@ -309,8 +309,8 @@ def test_selfcheck_failure_deletes_output(tmp_path: Path, small_ply: Path, monke
     if preset == "qat-3dgs":
         real = lossless_mod.decode_ply_parts
 
-        def corrupt(path):
-            parts = real(path)
+        def corrupt(path, **kw):
+            parts = real(path, **kw)
             full = parts[2].copy()
             full.view(np.uint8)[-1] ^= 1  # one bit of the last value
             return parts[:2] + [full] + parts[3:]

@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..io import write_json
 from ..log import get_logger
 from ..options import build_options
-from .container import is_container, read_container_meta
+from .container import is_container, verify_container
 from ..splat import sh_degree_from_names
 from .layout import map_file, parse_header, read_body, validate_3dgs
 from .presets import PLANNED, PRESETS, Preset, check_preset, get_preset, preset_for_file
@@ -175,16 +175,21 @@ def decompress(in_path: str | os.PathLike, out_ply: str | os.PathLike) -> dict[s
 def info(path: str | os.PathLike) -> dict[str, Any]:
     """Describe a splat PLY or codec output: format, vertex count, columns, SH degree, codec.
 
-    Raises :class:`InputError` for a file that is neither.
+    The file is checked first: a container's checksum, block table and metadata, a
+    ``qat-3dgs`` PLY's checksum, a PLY body's size against the header's counts.
+    Raises :class:`InputError` naming the file for a file that is neither, or is broken
+    (truncated, extended, damaged or edited).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    out_body = None
     if is_container(path):
-        meta = read_container_meta(path)
-        if not isinstance(meta.get("ply_header"), str):
-            raise InputError(f"{path}: container has no stored PLY header")
-        hdr = parse_header(str(path), raw=meta["ply_header"].encode("ascii"))
+        _, meta, _ = verify_container(path)
+        spec = preset_for_file(path)
+        if spec.check is None:
+            raise InputError(f"{path}: codec {spec.name!r} has no metadata check")
+        hdr = spec.check(path, meta)
         codec = meta["codec"]
         consts = [c["name"] for c in meta.get("columns", []) if c.get("constant") is not None]
     else:
@@ -199,17 +204,24 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
                 codec = tok[1] if len(tok) > 1 else "?"
             if tok[:1] == [CONSTANT_COMMENT] and len(tok) >= 3:
                 consts.append(tok[1])
+        if codec is not None:
+            if codec not in PRESETS or PRESETS[codec].container:
+                raise InputError(f"{path}: unknown codec {codec!r} in the PLY header")
+            from .lossless import verify_checksum
+
+            verify_checksum(hdr)
+        if hdr.fmt == "ascii":
+            out_body = "not checked (ASCII body)"
+        else:
+            read_body(hdr)  # raises InputError for a truncated body or one the header does not describe
+            out_body = "ok"
     elements = [
         {"name": e.name, "count": e.count, "properties": [f"{p.ply_type} {p.name}" for p in e.properties]}
         for e in hdr.elements
     ]
     out: dict[str, Any] = {"path": str(path), "format": hdr.fmt, "codec": codec, "elements": elements}
-    if codec is None or (codec in PRESETS and not PRESETS[codec].container):  # a PLY: check its body
-        try:
-            read_body(hdr)
-            out["body"] = "ok"
-        except InputError as e:
-            out["body"] = f"bad: {e}"
+    if out_body:
+        out["body"] = out_body
     try:
         names = [p.name for p in hdr.element("vertex").properties] + consts
         out["n_vertices"] = hdr.element("vertex").count

@@ -33,8 +33,8 @@ import numpy as np
 from ..errors import InputError
 from ..io import atomic_path
 from ..log import get_logger
-from .container import read_container, write_container
-from .layout import PlyHeader, map_file, bits_hex, hex_to_bytes, parse_header, read_body
+from .container import REENCODE, read_container, write_container
+from .layout import PlyHeader, bits_hex, check_constant, map_file, parse_header, read_body, stored_header
 from .lossless import EncodeResult, RoundTripError, constant_columns, constants_report, join_parts, parts_equal
 
 log = get_logger("codec")
@@ -44,6 +44,9 @@ CODEC_VERSION = 1
 
 
 _T_ROWS = 1 << 14
+#: A container whose columns are all constant has no block that bounds its vertex count;
+#: then the decoded vertex records may be at most this many bytes.
+MAX_UNBOUNDED_BYTES = 1 << 30
 
 
 def rows_to_planes(b2: np.ndarray) -> np.ndarray:
@@ -148,41 +151,114 @@ def decode_sfz(path: str | os.PathLike) -> bytes:
     return join_parts(decode_sfz_parts(path))
 
 
+def validate_meta(path: str | os.PathLike, meta: dict) -> PlyHeader:
+    """Check a ``lossless-zstd`` container's metadata before anything is allocated; return the stored header.
+
+    Checked: codec and version; the stored PLY header (ASCII, binary, scalar vertex element);
+    ``n_vertices`` an integer equal to the header's count; ``byte_order`` and ``filter``;
+    the column table (present, one entry per vertex property, same names, types and order;
+    each column either a valid hex constant of its type or a block); block indices (columns,
+    ``prefix_block``, ``suffix_block``) integers in range, each block used exactly once; every
+    block's ``raw_size`` equal to what the header implies (N x value size for a column, the
+    records of the elements before / after the vertex element), which ties the vertex count
+    to the file size through zstd's maximum ratio (:func:`.container.max_raw_size`).
+    Raises :class:`InputError` naming the file.
+    """
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: {what}; {REENCODE}")
+
+    if meta.get("codec") != PRESET or meta.get("codec_version") != CODEC_VERSION:
+        raise InputError(f"{path}: not a {PRESET} v{CODEC_VERSION} container (codec {meta.get('codec')!r})")
+    hdr = stored_header(path, meta)
+    vi = next(i for i, e in enumerate(hdr.elements) if e.name == "vertex")
+    el = hdr.elements[vi]
+    dt = el.dtype(hdr.byte_order)
+    n = meta.get("n_vertices")
+    if not _is_int(n) or n != el.count:
+        raise bad(f"vertex count {n!r} does not match the stored header ({el.count})")
+    if meta.get("byte_order") != hdr.byte_order or meta.get("filter") != "byteplane":
+        raise bad(f"byte_order {meta.get('byte_order')!r} / filter {meta.get('filter')!r} do not match the format")
+    cols = meta.get("columns")
+    if not isinstance(cols, list) or not all(isinstance(c, dict) for c in cols):
+        raise bad("the column table is missing or not a list of objects")
+    if [c.get("name") for c in cols] != list(dt.names) or [c.get("ply_type") for c in cols] != [
+            p.ply_type for p in el.properties]:
+        raise bad("the column table does not match the stored header (names, types or order)")
+    table = meta["blocks"]
+    used: list = []
+    for c in cols:
+        ft = dt.fields[c["name"]][0]
+        if (c.get("constant") is None) == (c.get("block") is None):
+            raise bad(f"column {c['name']!r} must have exactly one of a constant and a block")
+        if c.get("constant") is not None:
+            check_constant(path, c["name"], c["constant"], ft)
+            continue
+        i = c["block"]
+        if not _is_int(i) or not 0 <= i < len(table):
+            raise bad(f"column {c['name']!r} has block index {i!r}, not in 0..{len(table) - 1}")
+        if table[i]["raw_size"] != n * ft.itemsize:
+            raise bad(f"block {i} of column {c['name']!r} holds {table[i]['raw_size']} bytes, "
+                      f"{n} vertices x {ft.itemsize} bytes expected")
+        used.append(i)
+    if any(e.has_list for e in hdr.elements[:vi]):
+        raise bad("the stored header has list properties before the vertex element")
+    bo = hdr.byte_order
+    pre = sum(e.count * e.dtype(bo).itemsize for e in hdr.elements[:vi])
+    after = [e for e in hdr.elements[vi + 1:] if e.count]
+    post = None if any(e.has_list for e in after) else sum(e.count * e.dtype(bo).itemsize for e in after)
+    for key, size in (("prefix_block", pre), ("suffix_block", post)):  # size None: list elements, > 0 bytes
+        i = meta.get(key)
+        if i is None:
+            if size != 0:
+                raise bad(f"{key} is missing but the stored header has other elements ({size or 'some'} bytes)")
+            continue
+        if not _is_int(i) or not 0 <= i < len(table) or size == 0:
+            raise bad(f"{key} {i!r} is not a block index in 0..{len(table) - 1} of a non-empty element")
+        if size is not None and table[i]["raw_size"] != size:
+            raise bad(f"{key} {i} holds {table[i]['raw_size']} bytes, the header's other elements {size}")
+        used.append(i)
+    if sorted(used) != list(range(len(table))):
+        raise bad(f"block indices {sorted(used)} do not use each of the {len(table)} blocks exactly once")
+    if not any(c.get("block") is not None for c in cols) and n * dt.itemsize > MAX_UNBOUNDED_BYTES:
+        raise bad(f"{n} vertices with only constant columns would decode to {n * dt.itemsize} bytes "
+                  f"(cap {MAX_UNBOUNDED_BYTES} when no data block bounds the count)")
+    return hdr
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _open_planes(path: str | os.PathLike) -> tuple[dict, PlyHeader, np.ndarray, list]:
     """Read a container, decompressing each column straight into its rows of a plane buffer.
 
-    Returns (metadata, original header, planes [R, N] uint8 with constants filled in,
-    decompressed blocks).
+    The container's checksum and the metadata (:func:`validate_meta`) are checked before the
+    plane buffer is allocated. Returns (metadata, original header, planes [R, N] uint8 with
+    constants filled in, decompressed blocks).
     """
     state: dict = {}
 
+    def check(meta: dict) -> None:
+        hdr = validate_meta(path, meta)
+        dt = hdr.element("vertex").dtype(hdr.byte_order)
+        n = int(meta["n_vertices"])
+        state.update(hdr=hdr, dt=dt, n=n, planes=np.empty((dt.itemsize, n), np.uint8),
+                     rows={c["block"]: c["name"] for c in meta["columns"] if c["block"] is not None})
+
     def into(meta: dict, i: int):
-        if not state:
-            if meta.get("codec") != PRESET or meta.get("codec_version") != CODEC_VERSION:
-                raise InputError(f"{path}: not a {PRESET} v{CODEC_VERSION} container (codec {meta.get('codec')!r})")
-            hdr = parse_header(str(path), raw=meta["ply_header"].encode("ascii"))
-            dt = hdr.element("vertex").dtype(hdr.byte_order)
-            n = int(meta["n_vertices"])
-            if n != hdr.element("vertex").count:
-                raise InputError(f"{path}: vertex count {n} does not match the stored header")
-            if [c["name"] for c in meta["columns"]] != list(dt.names):
-                raise InputError(f"{path}: column table does not match the stored header")
-            state.update(hdr=hdr, dt=dt, n=n, planes=np.empty((dt.itemsize, n), np.uint8),
-                         rows={c["block"]: c["name"] for c in meta["columns"] if c["block"] is not None})
         name = state["rows"].get(i)
         if name is None or state["n"] == 0:
             return None  # prefix/suffix blocks: plain bytes
         ft, off = state["dt"].fields[name][:2]
         return memoryview(state["planes"][off : off + ft.itemsize].reshape(-1))
 
-    meta, blocks = read_container(path, into)
-    if not state:  # no blocks at all: still validate the metadata
-        into(meta, -1)
+    meta, blocks = read_container(path, into, check)
     dt, planes = state["dt"], state["planes"]
     for c in meta["columns"]:
         if c["constant"] is not None:
             ft, off = dt.fields[c["name"]][:2]
-            planes[off : off + ft.itemsize] = np.frombuffer(hex_to_bytes(c["constant"], ft), np.uint8)[:, None]
+            planes[off : off + ft.itemsize] = np.frombuffer(check_constant(path, c["name"], c["constant"], ft),
+                                                            np.uint8)[:, None]
     return meta, state["hdr"], planes, blocks
 
 

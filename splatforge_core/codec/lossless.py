@@ -3,7 +3,12 @@
 Format (all of it legal PLY 1.0, opened by plyfile and by splat viewers, which skip
 ``comment`` lines):
 
-* Right after the ``format`` line the encoder inserts ``comment splatforge_codec qat-3dgs 1``.
+* Right after the ``format`` line the encoder inserts ``comment splatforge_codec qat-3dgs 2``
+  and, on the next line, ``comment splatforge_sha256 <64 hex digits>``: the SHA-256 of the
+  whole file with that one line left out (header and body). :func:`decode_ply_parts` checks
+  it before anything else, so a flipped body byte, an edited, deleted or added header line
+  (a ``constant_field`` value, a column name) is refused as "corrupt or was edited".
+  Format version 1 (no checksum line) is refused with a "re-encode" error.
 * Each vertex property whose values are all bit-identical (raw bits compared, so -0.0 vs
   0.0 and different NaN payloads count as different values) is removed from the body and
   its ``property <type> <name>`` line is *replaced in place* by
@@ -23,6 +28,7 @@ Zero-copy numpy is used on the body (see :mod:`.layout` for why not plyfile).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -33,7 +39,9 @@ import numpy as np
 from ..errors import InputError, SplatForgeError
 from ..log import get_logger
 from ..splat import REQUIRED_PROPERTIES
+from .container import REENCODE, corrupt
 from .layout import (
+    CHECKSUM_COMMENT,
     CODEC_COMMENT,
     CONSTANT_COMMENT,
     PLY_TYPES,
@@ -49,7 +57,9 @@ from .layout import (
 log = get_logger("codec")
 
 PRESET = "qat-3dgs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Placeholder of the checksum line while the body is written (same length as the real digest).
+_NO_DIGEST = "0" * 64
 
 
 class RoundTripError(SplatForgeError):
@@ -161,7 +171,8 @@ def _eol(line: bytes) -> bytes:
 
 
 def build_header(header: PlyHeader, vertex_index: int, drop: dict[str, bytes]) -> bytes:
-    """Header of the ``qat-3dgs`` output: marker comment + in-place constant comments."""
+    """Header of the ``qat-3dgs`` output: marker comment, checksum line (a placeholder of
+    64 zeros that :func:`encode_ply` overwrites) and in-place constant comments."""
     el = header.elements[vertex_index]
     bo = header.byte_order
     types = {p.name: p.ply_type for p in el.properties}
@@ -185,6 +196,7 @@ def build_header(header: PlyHeader, vertex_index: int, drop: dict[str, bytes]) -
             out.append(line)
         if tok[0] == "format":
             out.append(f"comment {CODEC_COMMENT} {PRESET} {FORMAT_VERSION}".encode("ascii") + _eol(line))
+            out.append(f"comment {CHECKSUM_COMMENT} {_NO_DIGEST}".encode("ascii") + _eol(line))
     return b"".join(out)
 
 
@@ -208,6 +220,8 @@ def restore_header(header: PlyHeader) -> tuple[bytes, list[tuple[str, str, str]]
                 raise InputError(f"{header.path}: unsupported codec marker {text!r}")
             marker = True
             continue
+        if tok[:2] == ["comment", CHECKSUM_COMMENT]:
+            continue
         if tok[:2] == ["comment", CONSTANT_COMMENT]:
             if not in_vertex or len(tok) not in (4, 5):
                 raise InputError(f"{header.path}: misplaced or malformed line {text!r}")
@@ -227,16 +241,78 @@ def restore_header(header: PlyHeader) -> tuple[bytes, list[tuple[str, str, str]]
 # --------------------------------------------------------------------------- encode / decode
 
 
-def decode_ply_parts(path: str | os.PathLike) -> list:
+def _checksum_line(header: PlyHeader) -> tuple[int, int, str]:
+    """(byte offset, byte length, hex digest) of the checksum line of a ``qat-3dgs`` header.
+
+    Raises :class:`InputError` naming the file: no codec marker (not a qat-3dgs PLY), a
+    format version 1 marker (no checksum: re-encode), another version, or a missing,
+    repeated or malformed checksum line ("corrupt or was edited").
+    """
+    path = header.path
+    markers = [c.split() for c in header.comments if c.split()[:1] == [CODEC_COMMENT]]
+    if not markers:
+        raise InputError(f"{path}: not a file written by the {PRESET} preset (no '{CODEC_COMMENT}' comment)")
+    m = markers[0]
+    if len(markers) == 1 and m[1:3] == [PRESET, "1"]:
+        raise InputError(f"{path}: {PRESET} format version 1 (written by an older splatforge, without a checksum) "
+                         f"is no longer read; {REENCODE} (splatforge compress)")
+    if len(markers) != 1 or m[1:3] != [PRESET, str(FORMAT_VERSION)]:
+        raise InputError(f"{path}: unsupported codec marker {' '.join(m)!r} (this reader: {PRESET} {FORMAT_VERSION}); "
+                         f"{REENCODE}")
+    found, off = [], 0
+    for line in header.lines:
+        tok = line.split()
+        if tok[:2] == [b"comment", CHECKSUM_COMMENT.encode()]:
+            found.append((off, len(line), tok[2].decode("ascii") if len(tok) == 3 else ""))
+        off += len(line)
+    if len(found) != 1:
+        raise corrupt(path, f"{len(found)} '{CHECKSUM_COMMENT}' lines, expected 1")
+    h = found[0][2]
+    if len(h) != 64 or any(ch not in "0123456789abcdef" for ch in h):
+        raise corrupt(path, f"malformed '{CHECKSUM_COMMENT}' line")
+    return found[0]
+
+
+def file_digest(data: np.ndarray, skip_off: int, skip_len: int) -> str:
+    """SHA-256 (hex) of the uint8 array ``data`` [size] without bytes [skip_off, skip_off + skip_len)."""
+    h = hashlib.sha256()
+    h.update(memoryview(data[:skip_off]))
+    h.update(memoryview(data[skip_off + skip_len:]))
+    return h.hexdigest()
+
+
+def verify_checksum(header: PlyHeader, data: np.ndarray | None = None) -> None:
+    """Check the SHA-256 of a ``qat-3dgs`` PLY (``data``: the whole file, uint8 [size]; mapped
+    when None) against its ``splatforge_sha256`` line, before anything is decoded.
+
+    Raises :class:`InputError` naming the file (see :func:`_checksum_line`; a mismatch:
+    "<file> is corrupt or was edited: checksum mismatch; re-encode it from the source splat").
+    """
+    off, ln, want = _checksum_line(header)
+    if data is None:
+        data = map_file(header.path)
+    if len(data) < header.size or file_digest(data, off, ln) != want:
+        raise corrupt(header.path)
+
+
+def decode_ply_parts(path: str | os.PathLike, *, check_digest: bool = True) -> list:
     """Decode a ``qat-3dgs`` PLY into the original file as a list of buffers (no concatenation).
 
     The buffers (bytes / uint8-viewable arrays), written one after the other, are the
-    original PLY file. Raises :class:`InputError` for a file that is not a ``qat-3dgs``
-    PLY or is damaged.
+    original PLY file. The checksum (:func:`verify_checksum`) is checked first (only the
+    encoder's self-check, which hashed the bytes as it wrote them and compares every decoded
+    byte with the source, passes ``check_digest=False`` to save a second pass). Raises
+    :class:`InputError` for a file that is not a ``qat-3dgs`` PLY, of format version 1, or
+    damaged / edited.
     """
     hdr = parse_header(path)
+    data = map_file(path)
+    if check_digest:
+        verify_checksum(hdr, data)
+    else:
+        _checksum_line(hdr)  # marker and checksum line still required
     orig_raw, consts = restore_header(hdr)
-    body = read_body(hdr)
+    body = read_body(hdr, data)
     orig = parse_header(str(path), raw=orig_raw)
     return assemble(orig, body, {n: (t, h) for n, t, h in consts})
 
@@ -323,7 +399,8 @@ def encode_ply(
 
     The output is written to a temporary file beside ``out_ply``; it is decoded again from
     disk in this process and compared with the source bytes (which implies every column
-    is bit-identical, NaN and -0.0 included). Only if they match is it renamed onto
+    is bit-identical, NaN and -0.0 included; the decode checks the header's SHA-256 line,
+    filled in after the body is written). Only if they match is it renamed onto
     ``out_ply``; otherwise it is deleted and :class:`RoundTripError` is raised.
 
     Raises :class:`InputError` for bad input (see :func:`.layout.read_body`) and for a
@@ -335,7 +412,7 @@ def encode_ply(
     if data is None:
         data = map_file(in_ply)
     header = header or parse_header(in_ply)
-    if any(c.split()[:1] in ([CONSTANT_COMMENT], [CODEC_COMMENT]) for c in header.comments):
+    if any(c.split()[:1] in ([CONSTANT_COMMENT], [CODEC_COMMENT], [CHECKSUM_COMMENT]) for c in header.comments):
         raise InputError(f"{in_ply}: already written by the {PRESET} codec (decompress it first)")
     body = read_body(header, data)
     verts = body.vertices
@@ -353,13 +430,24 @@ def encode_ply(
     for name in keep_names:
         ft, off = verts.dtype.fields[name][:2]
         kept_idx.extend(range(off // w, (off + ft.itemsize) // w))
+    # the checksum line: hash everything but it while writing, then fill in its digest
+    ck = b"\ncomment " + CHECKSUM_COMMENT.encode() + b" " + _NO_DIGEST.encode()
+    ck_off = new_header.index(ck) + 1
+    ck_len = new_header.index(b"\n", ck_off) + 1 - ck_off
+    digest_off = ck_off + len(ck) - 1 - len(_NO_DIGEST)
+    h = hashlib.sha256(new_header[:ck_off] + new_header[ck_off + ck_len:])
     with atomic_path(out_ply) as tmp:
         with open(tmp, "wb") as f:
+
+            def put(b) -> None:
+                h.update(b)
+                f.write(b)
+
             f.write(new_header)
-            f.write(body.prefix)
+            put(body.prefix)
             if n:
                 if len(kept_idx) == words.shape[1]:
-                    f.write(memoryview(np.ascontiguousarray(words)).cast("B"))
+                    put(memoryview(np.ascontiguousarray(words)).cast("B"))
                 else:
                     # gather in row chunks (bounded memory, cache-friendly) by slice runs
                     rr = runs(kept_idx)  # here: (dst_start, src_start, length)
@@ -368,10 +456,12 @@ def encode_ply(
                         r1 = min(n, r0 + CHUNK_ROWS)
                         for d, s, ln in rr:
                             buf[: r1 - r0, d : d + ln] = words[r0:r1, s : s + ln]
-                        f.write(memoryview(buf[: r1 - r0]).cast("B"))
-            f.write(body.suffix)
+                        put(memoryview(buf[: r1 - r0]).cast("B"))
+            put(body.suffix)
+            f.seek(digest_off)
+            f.write(h.hexdigest().encode("ascii"))
         size_out = os.path.getsize(tmp)
-        if not parts_equal(decode_ply_parts(tmp), data):
+        if not parts_equal(decode_ply_parts(tmp, check_digest=False), data):
             raise RoundTripError(
                 f"{in_ply}: self-check failed: decoding the {PRESET} output did not reproduce the "
                 "source bit for bit; the output was deleted"

@@ -43,6 +43,9 @@ class Preset:
         decode: ``decode(path) -> list`` of buffers (bytes or uint8-viewable arrays) that,
             written one after the other, are the restored PLY.
         options: the :class:`~splatforge_core.codec.CodecOptions` fields the preset reads.
+        check: container presets: ``check(path, meta) -> PlyHeader`` validates the metadata of
+            a container whose checksum passed (:func:`.container.verify_container`) without
+            decoding it (``splatforge info``); raises :class:`InputError`.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Preset:
     encode: Callable[..., tuple[Any, dict[str, Any]]]
     decode: Callable[[str | os.PathLike], list]
     options: tuple[str, ...] = ()
+    check: Callable[..., Any] | None = None
 
     @property
     def container(self) -> bool:
@@ -68,12 +72,12 @@ PRESETS: dict[str, Preset] = {
                lossless.encode_preset, lossless.decode_ply_parts, ("keep_required",)),
         Preset(entropy.PRESET, True, ".sfz",
                "lossless .sfz container: constants + byte-plane shuffle + zstd per column",
-               entropy.encode_preset, entropy.decode_sfz_parts, ("zstd_level",)),
+               entropy.encode_preset, entropy.decode_sfz_parts, ("zstd_level",), entropy.validate_meta),
         Preset(quantised.PRESET, False, ".sfz",
                "lossy .sfz container: quantised positions/scales/rotations/opacity/SH + zstd",
                quantised.encode_quantised, quantised.decode_quantised_parts,
                ("zstd_level", "position_bits", "sh_bits", "rotation_bits", "evaluate_psnr", "psnr_views",
-                "psnr_size")),
+                "psnr_size"), quantised.validate_meta),
     )
 }
 

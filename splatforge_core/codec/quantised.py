@@ -38,9 +38,9 @@ import numpy as np
 from ..errors import InputError
 from ..io import atomic_path
 from ..log import get_logger
-from .container import read_container, write_container
+from .container import REENCODE, read_container, write_container
 from ..splat import sh_degree_from_names
-from .layout import PlyHeader, map_file, bits_hex, hex_to_bytes, parse_header, read_body
+from .layout import PlyHeader, bits_hex, check_constant, hex_to_bytes, map_file, parse_header, read_body, stored_header
 from .lossless import EncodeResult, _value_for_report, constant_columns
 
 log = get_logger("codec")
@@ -210,9 +210,112 @@ def quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, lis
     return meta, blocks
 
 
+#: Bits each quantised group may use (the ranges of :class:`~splatforge_core.codec.CodecOptions`; fixed 8 elsewhere).
+ALLOWED_BITS: dict[str, range] = {"pos": range(8, 25), "scale": range(8, 9), "dc": range(8, 9),
+                                  "rest": range(4, 9), "opacity": range(8, 9), "rot": range(6, 13)}
+
+
+def _uint_str(bits: int) -> str:
+    return np.dtype("<u1" if bits <= 8 else "<u2" if bits <= 16 else "<u4").str
+
+
+def validate_meta(path: str | os.PathLike, meta: dict) -> PlyHeader:
+    """Check a ``quantised`` container's metadata before anything is allocated; return the stored header.
+
+    Checked: codec and version; the stored PLY header (ASCII, binary, only a scalar vertex
+    element whose columns include the Inria ones); ``n_vertices`` an integer equal to its
+    count; ``sh_degree`` matching the header's f_rest columns; ``bits`` exactly the six groups,
+    each an integer in :data:`ALLOWED_BITS`; ``ranges`` per group two lists of finite numbers,
+    one per column, lo <= hi; ``extra_columns`` the header's other columns in order, each a
+    valid hex constant or stored; ``arrays`` exactly the expected arrays, each with the dtype
+    its bits imply, shape [N, D] and a distinct block index in range whose ``raw_size`` is
+    N x D x itemsize (so the vertex count is tied to the file size through zstd's maximum ratio).
+    Raises :class:`InputError` naming the file.
+    """
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: {what}; {REENCODE}")
+
+    if meta.get("codec") != PRESET or meta.get("codec_version") != CODEC_VERSION:
+        raise InputError(f"{path}: not a {PRESET} v{CODEC_VERSION} container")
+    hdr = stored_header(path, meta)
+    if len(hdr.elements) != 1:
+        raise bad("quantised containers hold only the vertex element")
+    el = hdr.elements[0]
+    names = [p.name for p in el.properties]
+    dt = el.dtype(hdr.byte_order)
+    n = meta.get("n_vertices")
+    if not _is_int(n) or n != el.count:
+        raise bad(f"vertex count {n!r} does not match the stored header ({el.count})")
+    try:
+        deg = sh_degree_from_names(names)
+    except InputError as e:
+        raise bad(str(e)) from None
+    if meta.get("sh_degree") != deg or not _is_int(meta.get("sh_degree")):
+        raise bad(f"sh_degree {meta.get('sh_degree')!r} does not match the stored header ({deg})")
+    groups = _column_groups(deg)
+    handled = set(sum(groups.values(), [])) | {"opacity", "rot_0", "rot_1", "rot_2", "rot_3"}
+    missing = [c for c in handled if c not in dt.names]
+    if missing:
+        raise bad(f"the stored header lacks columns {sorted(missing)[:5]}")
+    bits = meta.get("bits")
+    if not isinstance(bits, dict) or set(bits) != set(ALLOWED_BITS):
+        raise bad(f"bits {bits!r} must name exactly the groups {sorted(ALLOWED_BITS)}")
+    for k, allowed in ALLOWED_BITS.items():
+        if not _is_int(bits[k]) or bits[k] not in allowed:
+            raise bad(f"bits[{k!r}] = {bits[k]!r} is not in {allowed.start}..{allowed.stop - 1}")
+    ranges = meta.get("ranges")
+    if not isinstance(ranges, dict) or set(ranges) != set(groups):
+        raise bad(f"ranges must name exactly the groups {sorted(groups)}")
+    for k, cols in groups.items():
+        r = ranges[k]
+        ok = (isinstance(r, list) and len(r) == 2 and all(isinstance(x, list) and len(x) == len(cols) for x in r)
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for x in r for v in x))
+        if not ok:
+            raise bad(f"ranges[{k!r}] is not two lists of {len(cols)} finite numbers")
+        if any(lo > hi for lo, hi in zip(*r)):
+            raise bad(f"ranges[{k!r}] has a lower bound above its upper bound")
+    extra = meta.get("extra_columns")
+    others = [c for c in names if c not in handled]
+    if not isinstance(extra, list) or [e.get("name") if isinstance(e, dict) else None for e in extra] != others:
+        raise bad(f"extra_columns do not list the stored header's other columns {others[:5]}")
+    expect = {"pos": (_uint_str(bits["pos"]), 3), "scale": (_uint_str(8), 3), "dc": (_uint_str(8), 3),
+              "rest": (_uint_str(bits["rest"]), len(groups["rest"])), "opacity": (_uint_str(8), 1),
+              "rot_index": (_uint_str(8), 1), "rot": (_uint_str(bits["rot"]), 3)}
+    for e in extra:
+        ft = dt.fields[e["name"]][0]
+        if e.get("constant") is not None:
+            check_constant(path, e["name"], e["constant"], ft)
+        else:
+            expect["extra:" + e["name"]] = (np.dtype(f"<u{ft.itemsize}").str, 1)
+    arrays = meta.get("arrays")
+    if not isinstance(arrays, dict) or set(arrays) != set(expect):
+        raise bad(f"arrays must be exactly {sorted(expect)[:8]}")
+    table = meta["blocks"]
+    used = []
+    for k, (dts, d) in expect.items():
+        a = arrays[k]
+        if not isinstance(a, dict) or a.get("dtype") != dts or a.get("shape") != [n, d]:
+            raise bad(f"array {k!r} is {a!r}, expected dtype {dts} and shape [{n}, {d}]")
+        i = a.get("block")
+        if not _is_int(i) or not 0 <= i < len(table):
+            raise bad(f"array {k!r} has block index {i!r}, not in 0..{len(table) - 1}")
+        if table[i]["raw_size"] != n * d * np.dtype(dts).itemsize:
+            raise bad(f"block {i} of array {k!r} holds {table[i]['raw_size']} bytes, expected {n * d * np.dtype(dts).itemsize}")
+        used.append(i)
+    if sorted(used) != list(range(len(table))):
+        raise bad(f"block indices {sorted(used)} do not use each of the {len(table)} blocks exactly once")
+    return hdr
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def dequantise(meta: dict, blocks: list[bytes], path: str = "") -> tuple[PlyHeader, np.ndarray]:
-    """Decode quantised arrays into a structured array [N] in the source's vertex dtype."""
-    hdr = parse_header(path, raw=meta["ply_header"].encode("ascii"))
+    """Decode quantised arrays into a structured array [N] in the source's vertex dtype.
+
+    ``meta`` must have passed :func:`validate_meta` (re-checked here, cheap)."""
+    hdr = validate_meta(path, meta)
     el = hdr.element("vertex")
     dt = el.dtype(hdr.byte_order)
     n = int(meta["n_vertices"])
@@ -235,7 +338,7 @@ def dequantise(meta: dict, blocks: list[bytes], path: str = "") -> tuple[PlyHead
     for e in meta["extra_columns"]:
         ft = dt.fields[e["name"]][0]
         if e["constant"] is not None:
-            out[e["name"]] = np.frombuffer(hex_to_bytes(e["constant"], ft), ft)[0]
+            out[e["name"]] = np.frombuffer(check_constant(path, e["name"], e["constant"], ft), ft)[0]
         else:
             out[e["name"]] = arr["extra:" + e["name"]][:, 0].copy().view(ft)
     return hdr, out
@@ -243,13 +346,8 @@ def dequantise(meta: dict, blocks: list[bytes], path: str = "") -> tuple[PlyHead
 
 def decode_quantised_ply_bytes(path: str | os.PathLike, meta_blocks: tuple[dict, list[bytes]] | None = None) -> bytes:
     """Decode a ``quantised`` container into PLY bytes (source header, dequantised values)."""
-    meta, blocks = meta_blocks or read_container(path)
-    if meta.get("codec") != PRESET or meta.get("codec_version") != CODEC_VERSION:
-        raise InputError(f"{path}: not a {PRESET} v{CODEC_VERSION} container")
+    meta, blocks = meta_blocks or read_container(path, check=lambda m: validate_meta(path, m))
     hdr, out = dequantise(meta, blocks, str(path))
-    vi = next(i for i, e in enumerate(hdr.elements) if e.name == "vertex")
-    if len(hdr.elements) != 1 or vi != 0:
-        raise InputError(f"{path}: quantised containers hold only the vertex element")
     return hdr.raw + out.tobytes()
 
 
@@ -362,7 +460,7 @@ def encode_quantised(
     extra: dict[str, Any] = {}
     with atomic_path(out_path) as tmp:
         size_out = write_container(tmp, meta, blocks, level=opts.zstd_level or 16)
-        m2, b2 = read_container(tmp)
+        m2, b2 = read_container(tmp, check=lambda m: validate_meta(tmp, m))
         _, dec = dequantise(m2, b2, str(tmp))
         x = _cols(verts, ["x", "y", "z"])
         order = _morton_order(_uq(x, *(np.asarray(r) for r in meta["ranges"]["pos"]), meta["bits"]["pos"]),

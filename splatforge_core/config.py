@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import InputError
 from .log import get_logger
-from .options import type_problem
+from .options import range_problem, type_problem
 
 log = get_logger("config")
 
@@ -318,6 +318,9 @@ def _build(section: Section, cls: type, values: Mapping[str, Any], label: str) -
             also = section.workflow_values.get(key)
             alt = f" (the workflow also accepts {' or '.join(map(repr, also))})" if also else ""
             raise ConfigError(f"config section {label}: {problem}{alt}")
+    problem = range_problem(cls, opts)
+    if problem:
+        raise ConfigError(f"config section {label}: {problem}")
     try:
         from_dict = getattr(cls, "from_dict", None)
         return from_dict(opts) if from_dict is not None else cls(**opts)

@@ -231,3 +231,77 @@ def test_fingerprint_time_on_demo_views():
     dt = time.perf_counter() - t0
     logging.getLogger("splatforge").warning("fingerprint of %d demo views: %.3f s", len(names), dt)
     assert len(names) >= 200 and all(len(h) == 64 for h in fp.values()) and dt < 5.0
+
+
+# ---- options out of range or of the wrong type ------------------------------------------------
+
+BAD_OPTIONS = [
+    ("export", {"threads": -3}, "'threads' must be >= 1"),
+    ("compress", {"psnr_size": 0}, "'psnr_size' must be >= 16"),
+    ("compress", {"psnr_views": 0}, "'psnr_views' must be >= 1"),
+    ("train", {"iterations": -5}, "'iterations' must be >= 1"),
+    ("train", {"checkpoint_every": 0}, "'checkpoint_every' must be >= 1"),
+    ("train", {"init_opacity": 1.5}, "'init_opacity' must be > 0 and < 1"),
+    ("train", {"ssim_lambda": -0.1}, "'ssim_lambda' must be >= 0 and <= 1"),
+    ("train", {"ssim_lambda": float("nan")}, "'ssim_lambda' must be finite"),
+    ("train", {"ssim_lambda": "abc"}, "'ssim_lambda' must be a number, got 'abc'"),
+    ("train", {"means_lr": 0.0}, "'means_lr' must be > 0"),
+    ("train", {"seed": -1}, "'seed' must be >= 0"),
+    ("train", {"num_threads": -3}, "'num_threads' must be >= 1"),
+    ("project", {"workers": 0}, "'workers' must be >= 1"),
+    ("project", {"max_view_masked_fraction": 1.5}, "'max_view_masked_fraction' must be > 0 and <= 1"),
+    ("sfm.extract", {"num_threads": -3}, "'num_threads' must be >= -1"),
+    ("sfm.match", {"max_ratio": 1.5}, "'max_ratio' must be > 0 and <= 1"),
+    ("sfm.map", {"min_num_matches": 0}, "'min_num_matches' must be >= 1"),
+    ("sfm.pairs", {"max_distance_m": -1.0}, "'max_distance_m' must be > 0"),
+    ("align", {"collinear_ratio": 2.0}, "'collinear_ratio' must be >= 0 and <= 1"),
+    ("export", {"trim_quantile": 1.0}, "'trim_quantile' must be >= 0 and < 1"),
+]
+
+
+@pytest.mark.hostile(cls="option", expect="clear_error")
+@pytest.mark.parametrize("section,values,words", BAD_OPTIONS,
+                         ids=[f"{s}.{next(iter(v))}={next(iter(v.values()))}" for s, v, _ in BAD_OPTIONS])
+def test_bad_option_is_config_error_at_start(section, values, words):
+    """validate_config (run when Snakemake starts) names the section and the option."""
+    from splatforge_core.config import ConfigError, validate_config
+
+    cfg: dict = {"scenes": {"scene": {"input": "x"}}}
+    top, _, sub = section.partition(".")
+    cfg[top] = {sub: values} if sub else dict(values)
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg)
+    assert str(e.value).startswith(f"config section {section}: ") and words in str(e.value)
+
+
+@pytest.mark.hostile(cls="option", expect="clear_error")
+@pytest.mark.parametrize("cls_path,values,words", [
+    ("splatforge_core.codec:CodecOptions", {"psnr_size": 0}, "'psnr_size' must be >= 16"),
+    ("splatforge_core.export:ExportOptions", {"threads": -3}, "'threads' must be >= 1"),
+    ("splatforge_core.train.options:TrainOptions", {"ssim_lambda": "abc"}, "'ssim_lambda' must be a number"),
+    ("splatforge_core.train.options:TrainOptions", {"iterations": -5}, "'iterations' must be >= 1"),
+], ids=["codec-psnr_size", "export-threads", "train-type", "train-iterations"])
+def test_bad_option_when_stage_called_directly(cls_path, values, words):
+    """The same checks hold when a stage is called from Python or its CLI (from_dict)."""
+    import importlib
+
+    mod, name = cls_path.split(":")
+    cls = getattr(importlib.import_module(mod), name)
+    with pytest.raises(InputError, match=words):
+        cls.from_dict(values)
+
+
+@pytest.mark.hostile(cls="option", expect="clear_error")
+def test_type_error_stops_snakemake_at_start(tmp_path):
+    """``train: {ssim_lambda: "abc"}`` stops the workflow before any rule runs, naming the option."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path),
+                        "--cores", "1", "-n", "--config", "train={ssim_lambda: abc}"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode != 0
+    assert "config section train: option 'ssim_lambda' must be a number, got 'abc'" in r.stdout + r.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()

@@ -101,30 +101,30 @@ class ExportOptions:
             when cores are oversubscribed). Raise it on a dedicated machine.
     """
 
-    target_faces: int = 300_000
-    texture_size: int = 4096
-    poisson_depth: int = 9
-    poisson_samples_per_node: float = 1.5
-    poisson_point_weight: float = 4.0
+    target_faces: int = field(default=300_000, metadata={"min": 4})
+    texture_size: int = field(default=4096, metadata={"min": 16, "max": 16384})
+    poisson_depth: int = field(default=9, metadata={"min": 4, "max": 14})
+    poisson_samples_per_node: float = field(default=1.5, metadata={"gt": 0})
+    poisson_point_weight: float = field(default=4.0, metadata={"min": 0})
     normals: str = "shortest_axis"
-    normal_k: int = 10
-    flat_ratio: float = 0.5
-    min_opacity: float = 0.1
+    normal_k: int = field(default=10, metadata={"min": 3})
+    flat_ratio: float = field(default=0.5, metadata={"gt": 0, "max": 1})
+    min_opacity: float = field(default=0.1, metadata={"min": 0, "lt": 1})
     crop_box: list | str | None = None
-    trim_quantile: float = 0.0
-    trim_distance: float | None = None
-    trim_distance_factor: float = 4.0
-    min_component_frac: float = 0.01
-    bake_k: int = 8
-    uv_padding: int = 2
-    uv_max_iterations: int = 1
-    uv_max_chart_faces: int = 400
-    uv_block_faces: int = 5000
+    trim_quantile: float = field(default=0.0, metadata={"min": 0, "lt": 1})
+    trim_distance: float | None = field(default=None, metadata={"gt": 0})
+    trim_distance_factor: float = field(default=4.0, metadata={"gt": 0})
+    min_component_frac: float = field(default=0.01, metadata={"min": 0, "max": 1})
+    bake_k: int = field(default=8, metadata={"min": 1})
+    uv_padding: int = field(default=2, metadata={"min": 0})
+    uv_max_iterations: int = field(default=1, metadata={"min": 0})
+    uv_max_chart_faces: int = field(default=400, metadata={"min": 1})
+    uv_block_faces: int = field(default=5000, metadata={"min": 1})
     formats: list = field(default_factory=lambda: list(FORMATS))
     fbx_binary: bool = False
-    min_gaussians: int = 100
-    flatness_tol: float = 1e-3
-    threads: int = 1
+    min_gaussians: int = field(default=100, metadata={"min": 1})
+    flatness_tol: float = field(default=1e-3, metadata={"min": 0})
+    threads: int = field(default=1, metadata={"min": 1})
 
     @classmethod
     def from_dict(cls, d: dict | "ExportOptions" | None) -> "ExportOptions":

@@ -106,7 +106,7 @@ import numpy as np
 
 from .cameras import camera_rays, direction_to_equirect, pinhole_K, view_rotation
 from .errors import InputError
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, read_json, remove_stale_temporaries, write_json
 from .log import get_logger
 from .masks import MASK_WORK_WIDTH, panorama_labels, view_nadir_fraction
 from .options import build_options
@@ -657,6 +657,8 @@ def main(
     """
     t_start = time.perf_counter()
     opts = build_options(ProjectOptions, options, "project")
+    # temporaries a killed run left beside the outputs (.images.<random>.tmp/ ...; issue #18)
+    remove_stale_temporaries([images_dir, views_path, *([masks_dir] if masks_dir is not None else [])])
     manifest_path = Path(manifest_path)
     try:
         manifest = read_json(manifest_path)

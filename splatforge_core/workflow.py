@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from .errors import SplatForgeError
+from .io import remove_stale_temporaries
 from .log import get_logger, setup_logging
 
 #: The only folders (relative to the workflow's working directory) a rule may write in.
@@ -59,6 +60,7 @@ def run_stage(smk: Any, module: ModuleType, call: Callable[[ModuleType], Any]) -
         its declared outputs); they are logged first, with the stage name and wall time.
     """
     check_output_paths([*smk.output, *smk.log])
+    remove_stale_temporaries(smk.output)  # of a killed earlier run of this rule (issue #18)
     logfile = smk.log[0] if len(smk.log) else None
     setup_logging(logging.INFO, logfile)
     log = get_logger("workflow")

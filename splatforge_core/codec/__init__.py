@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io import write_json
+from ..io import remove_stale_temporaries, write_json
 from ..log import get_logger
 from ..options import build_options
 from .container import is_container, read_container_meta
@@ -103,6 +103,7 @@ def main(
     in_ply, out_path = Path(in_ply), Path(out_path)
     if in_ply.resolve() == out_path.resolve():
         raise InputError(f"{in_ply}: output path must differ from the input")
+    remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])])  # a killed run's
     header = parse_header(in_ply)
     validate_3dgs(header)
     names = [p.name for p in header.element("vertex").properties]

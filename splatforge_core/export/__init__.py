@@ -35,7 +35,7 @@ import numpy as np
 
 
 from ..errors import InputError
-from ..io import write_json
+from ..io import disk_full_error, is_disk_full, remove_stale_temporaries, reporting_disk_full, write_json
 from ..log import get_logger
 from ..options import build_options
 from . import bake as _bake
@@ -239,6 +239,11 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
             outs[fmt] = Path(f"{out_prefix}.{fmt}")
         else:
             raise ValueError(f"export: no output path for {fmt} (give out_prefix or {fmt}=)")
+    # a killed run's staging folder and atomic temporaries beside these outputs (issue #18)
+    _own = [*outs.values(), *([Path(report_path)] if report_path else [])]
+    if "obj" in outs:
+        _own += [outs["obj"].with_suffix(".mtl"), outs["obj"].with_suffix(".png")]
+    remove_stale_temporaries(_own)
 
     with timer("read"):
         splat = _mesh._read_splat_ply(splat_ply)
@@ -294,7 +299,10 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
     nv, nf = len(v_uv), len(f_uv)
     dests = list(outs.values())
     dests[0].parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".export.", suffix=".tmp", dir=dests[0].parent))
+    # named like atomic_path's temporaries of the first output (``.{stem}.<random>.tmp``), so the
+    # cleanup above removes it after a kill, and no other scene's export touches it
+    with reporting_disk_full(dests[0]):
+        stage = Path(tempfile.mkdtemp(prefix=f".{dests[0].stem}.", suffix=".tmp", dir=dests[0].parent))
     try:
         staged: dict[str, Path] = {}
         with timer("write_verify"):
@@ -324,6 +332,10 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
                 dest_of[key].parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(staged[key]), str(dest_of[key]))
                 final_outputs[key] = str(dest_of[key])
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full_error(dests[0], e) from e
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -165,12 +165,16 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, payload: Dict[str, A
 
     ``payload`` gets ``format`` = :data:`CKPT_FORMAT` and ``version`` = :data:`CKPT_VERSION`;
     it must hold only tensors and plain data (``torch.load(weights_only=True)`` reads it back).
+
+    Raises:
+        DiskFullError: the disk filled up (names the checkpoint; the older ones are kept).
     """
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
     dest = d / f"ckpt_{step:07d}.pt"
     with atomic_path(dest) as tmp:
-        torch.save({"format": CKPT_FORMAT, "version": CKPT_VERSION, **payload}, tmp)
+        with open(tmp, "wb") as f:  # a file object: a full disk raises OSError(ENOSPC), not RuntimeError
+            torch.save({"format": CKPT_FORMAT, "version": CKPT_VERSION, **payload}, f)
     for old in list_checkpoints(d)[:-max(1, keep)]:
         old.unlink(missing_ok=True)
     return dest

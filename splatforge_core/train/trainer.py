@@ -49,7 +49,7 @@ import torch
 from gsplat.strategy.ops import remove
 
 from ..errors import InputError, SplatForgeError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, remove_stale_temporaries, write_json
 from ..log import get_logger, setup_logging
 from ..splat import write_splat_ply
 from .checkpoint import input_fingerprint, load_latest_checkpoint, move_aside, save_checkpoint
@@ -554,6 +554,10 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         torch.set_num_threads(opts.num_threads)
     out_dir, ply_path = Path(out_dir), Path(ply_path)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # temporaries a killed run left beside the outputs and checkpoints (issue #18)
+    remove_stale_temporaries([ply_path, *(out_dir / n for n in ("splat.ply", "metrics.json", "renders.png",
+                                                                 "curve.png"))])
+    remove_stale_temporaries([], patterns=[r"^\.ckpt_\d+\.[A-Za-z0-9_]+\.tmp\.pt$"], folders=[out_dir / "checkpoints"])
     t0 = time.perf_counter()
     # load
     max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)

@@ -161,7 +161,6 @@ def test_kill_during_export_then_rerun_leaves_nothing(sphere_ply, tmp_path):
     assert len(glb.faces) == rep["counts"]["faces"] > 1000
 
 
-@pytest.mark.slow
 @pytest.mark.hostile(cls="leftover", expect="correct")
 def test_kill_during_compress_then_rerun_leaves_nothing(sphere_ply, tmp_path):
     """A kill while the compressed PLY is being written; the rerun cleans up and decodes right."""
@@ -273,3 +272,28 @@ def test_disk_full_cli_one_line(small_disk, sphere_ply):
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "disk is full" in r.stderr and str(small_disk / "s.sfz") in r.stderr
     assert not out.exists() and _hidden(small_disk) == []
+
+
+@pytest.mark.hostile(cls="leftover", expect="correct")
+def test_kill_during_project_then_rerun_leaves_nothing(pano_path, tmp_path):
+    """A kill while the views are projected leaves ``work/<scene>/.images.<random>.tmp/``; the
+    rerun removes it and writes every view."""
+    import json
+
+    from splatforge_core.ingest import main as ingest
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    os.symlink(pano_path, src / pano_path.name)
+    work = tmp_path / "work" / "s"
+    ingest(src, work / "manifest.json", {"min_images": 1})
+    cmd = [sys.executable, "-m", "splatforge_core.cli", "project", str(work / "manifest.json"), str(work / "images"),
+           str(work / "views.json"), "--size", "128", "--workers", "1"]
+    left = _kill_while_temporary(cmd, work)
+    assert any(n.startswith(".images.") for n in left) and not (work / "views.json").exists()
+    r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _hidden(work) == []
+    views = json.loads((work / "views.json").read_text())
+    names = [n for fr in views["frames"] for n in fr["images"].values()]
+    assert len(names) == 18 and all((work / "images" / n).is_file() for n in names)

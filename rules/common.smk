@@ -13,7 +13,7 @@ from splatforge_core.config import scene_section
 SCENES = sorted(config["scenes"])
 
 wildcard_constraints:
-    scene="[A-Za-z0-9_.-]+",
+    scene="[A-Za-z0-9_-]+",
 
 
 #: Where the demo capture is made (rule demo); not a scene, so no {scene} wildcard.

@@ -20,6 +20,7 @@ import difflib
 import importlib
 import importlib.machinery
 import importlib.util
+import re
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ from typing import Any
 
 from .errors import InputError
 from .log import get_logger
-from .options import type_problem
+from .options import range_problem, type_problem
 
 log = get_logger("config")
 
@@ -317,11 +318,55 @@ def _build(section: Section, cls: type, values: Mapping[str, Any], label: str) -
             also = section.workflow_values.get(key)
             alt = f" (the workflow also accepts {' or '.join(map(repr, also))})" if also else ""
             raise ConfigError(f"config section {label}: {problem}{alt}")
+    problem = range_problem(cls, opts)
+    if problem:
+        raise ConfigError(f"config section {label}: {problem}")
     try:
         from_dict = getattr(cls, "from_dict", None)
         return from_dict(opts) if from_dict is not None else cls(**opts)
     except (InputError, TypeError, ValueError) as e:
         raise ConfigError(f"config section {label}: {e}") from e
+
+
+#: Names that become path components (scene names, ``default_scene``): letters, digits, ``_``
+#: and ``-`` only, so a name can never be ``.``/``..``, hold a ``/`` or start a hidden file.
+#: rules/common.smk constrains the ``{scene}`` wildcard to the same set.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(value: Any, label: str) -> str:
+    """Check a configured name that becomes a path component (``work/{scene}/...``).
+
+    Args:
+        value: the name, e.g. a scene name.
+        label: where it is set, for the message (e.g. ``"default_scene"``, ``"scenes key"``).
+
+    Returns:
+        ``value``, a string matching :data:`SAFE_NAME` (at most 100 characters).
+
+    Raises:
+        ConfigError: anything else; the message names ``label``, the value and the rule.
+    """
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or len(value) > 100:
+        raise ConfigError(f"config: {label} {value!r} is not a safe name: use 1-100 letters, digits, '_' or '-' "
+                          f"(no '.', '..', '/' or spaces; it becomes the folder work/<name>/ and the files "
+                          f"results/<name>.*)")
+    return value
+
+
+def check_names(config: Mapping[str, Any]) -> None:
+    """Check every configured name used to build a path: ``default_scene`` and each key of
+    ``scenes`` (:func:`check_name`).
+
+    Raises:
+        ConfigError: the first unsafe name.
+    """
+    if "default_scene" in config:
+        check_name(config["default_scene"], "default_scene")
+    scenes = config.get("scenes")
+    if isinstance(scenes, Mapping):
+        for name in scenes:
+            check_name(name, "scene name (a key of scenes)")
 
 
 def _check_device(config: Mapping[str, Any], train: Any, label: str) -> None:
@@ -387,11 +432,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
             a scene or section group with an unknown key, a section that is not a mapping, an
             unknown option (the message names the section path, e.g. ``scenes.lund.train``, the
             key and the known keys), a value of the wrong type or out of range, a
-            ``compress.preset`` the codec does not have, or ``use_gpu`` contradicting
-            ``train.device``.
+            ``compress.preset`` the codec does not have, ``use_gpu`` contradicting
+            ``train.device``, or a scene name or ``default_scene`` that is not a safe path
+            component (:func:`check_name`).
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    check_names(config)
     _check_structure(config)
     scenes = config["scenes"]
     for section in SECTIONS:

@@ -2,14 +2,21 @@
 
 Every stage (hloc style) has an options dataclass with documented defaults, built from a
 plain dict (a config section) that must not hold unknown keys. :func:`build_options` is
-that one piece of logic: it rejects unknown keys and values whose type does not match the
-field's annotation (:func:`check_types`); each dataclass keeps its own value checks
+that one piece of logic: it rejects unknown keys, values whose type does not match the
+field's annotation (:func:`check_types`) and numbers outside the range a field declares in
+its metadata (:func:`range_problem`); each dataclass keeps its own other value checks
 (``__post_init__`` or ``validate()``).
+
+Ranges are declared where the field is, e.g. ``threads: int = field(default=1,
+metadata={"min": 1})``. Keys: ``min`` / ``max`` (inclusive), ``gt`` / ``lt`` (exclusive).
+A ``None`` value (an optional field left unset) is not checked; every other number must also
+be finite (YAML ``.nan`` and ``.inf`` parse as floats).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -163,6 +170,57 @@ def type_problem(cls: type, options: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: Range keys of a field's metadata and the words used for them in messages.
+RANGE_KEYS = {"min": ">=", "gt": ">", "max": "<=", "lt": "<"}
+
+
+def field_ranges(cls: type) -> dict[str, dict[str, float]]:
+    """Field name -> its range metadata (keys of :data:`RANGE_KEYS`) for the dataclass ``cls``."""
+    return {f.name: {k: f.metadata[k] for k in RANGE_KEYS if k in f.metadata}
+            for f in dataclasses.fields(cls) if any(k in f.metadata for k in RANGE_KEYS)}
+
+
+def describe_range(rng: Mapping[str, float]) -> str:
+    """Words for a range, e.g. ``{"min": 0, "max": 1}`` -> ``">= 0 and <= 1"``."""
+    return " and ".join(f"{RANGE_KEYS[k]} {rng[k]:g}" for k in RANGE_KEYS if k in rng)
+
+
+def range_problem(cls: type, options: Mapping[str, Any]) -> str | None:
+    """The first number of ``options`` outside the range its field of ``cls`` declares.
+
+    Args:
+        cls: an options dataclass whose fields may carry range metadata (module docstring).
+        options: field name -> value. Values that are not numbers (None, strings, lists, bools)
+            are left to the type check.
+
+    Returns:
+        None when every value is in range, else a sentence naming the option, the range and
+        the value, e.g. ``option 'psnr_size' must be >= 16, got 0``.
+    """
+    for name, rng in field_ranges(cls).items():
+        if name not in options:
+            continue
+        v = options[name]
+        if not _is_number(v):
+            continue
+        ok = math.isfinite(v) and all(
+            {"min": v >= b, "max": v <= b, "gt": v > b, "lt": v < b}[k] for k, b in rng.items())
+        if not ok:
+            return f"option {name!r} must be {'finite and ' if not math.isfinite(v) else ''}{describe_range(rng)}, got {v!r}"
+    return None
+
+
+def check_ranges(obj: Any, stage: str) -> None:
+    """Check every field of the options dataclass instance ``obj`` against its declared range.
+
+    Raises:
+        InputError: ``bad {stage} options: option 'x' must be >= 1, got -3``.
+    """
+    problem = range_problem(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+    if problem:
+        raise InputError(f"bad {stage} options: {problem}")
+
+
 def check_types(cls: type, options: Mapping[str, Any], stage: str) -> None:
     """Check every value of ``options`` against the annotation of the field of ``cls`` it sets.
 
@@ -186,7 +244,7 @@ def build_options(cls: type[T], options: Mapping[str, Any] | T | None, stage: st
 
     Args:
         cls: a dataclass type whose fields are the stage's options.
-        options: None (all defaults: ``cls()``), an instance of ``cls`` (returned as is),
+        options: None (all defaults: ``cls()``), an instance of ``cls`` (range-checked, returned as is),
             or a mapping (config section) of field name -> value (``cls(**options)``).
         stage: stage name used in error messages, e.g. ``"project"`` or ``"sfm match"``.
 
@@ -198,12 +256,14 @@ def build_options(cls: type[T], options: Mapping[str, Any] | T | None, stage: st
         InputError: ``options`` is not None, a ``cls`` or a mapping; a key that is not a
             field (the message names the stage, the unknown keys and the known ones); a
             value whose type does not fit the field's annotation (:func:`check_types`); a
-            value that ``cls`` rejects with ``TypeError`` or ``ValueError`` (re-raised as
+            number outside the range its field declares (:func:`range_problem`, also checked
+            on an instance and on the defaults); a value that ``cls`` rejects with ``TypeError`` or ``ValueError`` (re-raised as
             :class:`InputError` naming the stage; an :class:`InputError` passes unchanged).
     """
     if options is None:
         options = {}
     elif isinstance(options, cls):
+        check_ranges(options, stage)
         return options
     elif not isinstance(options, Mapping):
         raise InputError(f"{stage} options must be a dict or {cls.__name__}, got {type(options).__name__}")
@@ -212,9 +272,14 @@ def build_options(cls: type[T], options: Mapping[str, Any] | T | None, stage: st
     if unknown:
         raise InputError(f"unknown {stage} option(s) {unknown}; known options: {known}")
     check_types(cls, options, stage)
+    problem = range_problem(cls, options)
+    if problem:
+        raise InputError(f"bad {stage} options: {problem}")
     try:
-        return cls(**options)
+        obj = cls(**options)
     except InputError:
         raise
     except (TypeError, ValueError) as e:
         raise InputError(f"bad {stage} options: {e}") from e
+    check_ranges(obj, stage)
+    return obj

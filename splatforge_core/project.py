@@ -97,7 +97,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -106,7 +106,7 @@ import numpy as np
 
 from .cameras import camera_rays, direction_to_equirect, pinhole_K, view_rotation
 from .errors import InputError
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, read_json, remove_stale_temporaries, write_json
 from .log import get_logger
 from .masks import MASK_WORK_WIDTH, panorama_labels, view_nadir_fraction
 from .options import build_options
@@ -160,20 +160,20 @@ class ProjectOptions:
     """
 
     azimuths_deg: tuple[float, ...] | None = None
-    num_azimuths: int = 6
+    num_azimuths: int = field(default=6, metadata={"min": 1})
     elevations_deg: tuple[float, ...] = (-45.0, 0.0, 45.0)
-    fov_deg: float = 90.0
-    size: int = 1600
-    jpeg_quality: int = 95
-    workers: int | None = None
-    min_elevation_deg: float | None = None
+    fov_deg: float = field(default=90.0, metadata={"gt": 0, "lt": 180})
+    size: int = field(default=1600, metadata={"min": 16})
+    jpeg_quality: int = field(default=95, metadata={"min": 1, "max": 100})
+    workers: int | None = field(default=None, metadata={"min": 1})
+    min_elevation_deg: float | None = field(default=None, metadata={"min": -90, "max": 90})
     drop_views: tuple[str, ...] = ()
-    default_fov_deg: float = 60.0
-    sensor_width_mm: float | None = None
+    default_fov_deg: float = field(default=60.0, metadata={"gt": 0, "lt": 180})
+    sensor_width_mm: float | None = field(default=None, metadata={"gt": 0})
     perspective_model: str = "SIMPLE_RADIAL"
     sky_mask: bool = True
-    nadir_mask_deg: float = 45.0
-    max_view_masked_fraction: float = 0.95
+    nadir_mask_deg: float = field(default=45.0, metadata={"min": 0, "max": 90})
+    max_view_masked_fraction: float = field(default=0.95, metadata={"gt": 0, "max": 1})
 
     def __post_init__(self) -> None:
         def num(x) -> bool:
@@ -657,6 +657,8 @@ def main(
     """
     t_start = time.perf_counter()
     opts = build_options(ProjectOptions, options, "project")
+    # temporaries a killed run left beside the outputs (.images.<random>.tmp/ ...; issue #18)
+    remove_stale_temporaries([images_dir, views_path, *([masks_dir] if masks_dir is not None else [])])
     manifest_path = Path(manifest_path)
     try:
         manifest = read_json(manifest_path)

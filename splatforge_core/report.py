@@ -33,7 +33,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,8 @@ class ReportOptions:
 
     compress_report: str | None = None
     export_report: str | None = None
-    dpi: int = 120
-    label_frames: int = 40
+    dpi: int = field(default=120, metadata={"min": 10, "max": 1200})
+    label_frames: int = field(default=40, metadata={"min": 0})
 
     @classmethod
     def from_dict(cls, d: dict | ReportOptions | None) -> ReportOptions:

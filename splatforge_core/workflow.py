@@ -19,7 +19,33 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import SplatForgeError
+from .io import remove_stale_temporaries
 from .log import get_logger, setup_logging
+
+#: The only folders (relative to the workflow's working directory) a rule may write in.
+OUTPUT_ROOTS = ("work", "results")
+
+
+def check_output_paths(paths: Any, workdir: str | os.PathLike | None = None) -> None:
+    """Refuse output paths outside ``work/`` and ``results/`` of the working directory.
+
+    The check is lexical (``..`` and absolute paths are resolved by ``os.path.normpath``, not
+    by following symlinks, so a ``work/`` that is itself a link to another disk still works).
+
+    Args:
+        paths: output and log paths of a rule (strings or path-likes).
+        workdir: the workflow's working directory (default: the current one).
+
+    Raises:
+        SplatForgeError: a path outside those folders; nothing has been written then.
+    """
+    base = os.path.abspath(workdir or os.getcwd())
+    roots = [os.path.join(base, r) for r in OUTPUT_ROOTS]
+    for p in paths:
+        full = os.path.normpath(os.path.join(base, os.fspath(p)))
+        if not any(full.startswith(r + os.sep) for r in roots):
+            raise SplatForgeError(f"{p}: refusing to write outside {' and '.join(r + '/' for r in roots)} "
+                                  f"(resolves to {full}); check the scene name and the configured paths")
 
 
 @contextlib.contextmanager
@@ -67,12 +93,21 @@ def run_stage(smk: Any, module: ModuleType, call: Callable[[ModuleType], Any]) -
         Whatever ``call`` returns.
 
     Raises:
-        SystemExit: (exit status 1) on a :class:`~splatforge_core.errors.SplatForgeError`: the
+        SystemExit: (exit status 1) on an output or log path outside ``work/`` and ``results/``
+            (:func:`check_output_paths`, before anything is written) and on a
+            :class:`~splatforge_core.errors.SplatForgeError` of the stage: the
             user-facing message (file, problem, remedy) goes to the rule's log and to stderr
             without a Python traceback, so the console shows what to fix, not our call stack.
             Snakemake then removes the rule's declared outputs as for any failed job.
             Other exceptions (bugs) propagate with their traceback.
     """
+    try:
+        check_output_paths([*smk.output, *smk.log])
+    except SplatForgeError as e:  # no log file yet: it may be the path refused
+        setup_logging(logging.INFO)
+        get_logger("workflow").error("rule %s refused: %s", getattr(smk, "rule", module.__name__), e)
+        sys.exit(1)
+    remove_stale_temporaries(smk.output)  # of a killed earlier run of this rule (issue #18)
     logfile = smk.log[0] if len(smk.log) else None
     with native_stderr_to(logfile) if logfile else contextlib.nullcontext():
         return _run_logged(smk, module, call, logfile)

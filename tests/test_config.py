@@ -110,11 +110,11 @@ def test_scene_override_is_checked_merged_on_top_of_the_global_section():
     # the scene's value replaces the global one and goes through TrainOptions' own range check
     cfg = with_value(base(), "train", {"cpu_iterations": 10, "sh_degree": 2})
     validate_config(with_value(cfg, "scenes.s.train", {"sh_degree": 1}))
-    with pytest.raises(ConfigError, match=r"^config section scenes\.s\.train: train option 'sh_degree' must be 0\.\.3"):
+    with pytest.raises(ConfigError, match=r"^config section scenes\.s\.train: option 'sh_degree' must be >= 0 and <= 3, got 4"):
         validate_config(with_value(cfg, "scenes.s.train", {"sh_degree": 4}))
     # a bad global value is reported at the global path, before any scene
     bad = with_value(with_value(cfg, "scenes.s.train", {"sh_degree": 1}), "train", {"sky_radius": 0.5})
-    with pytest.raises(ConfigError, match=r"^config section train: train option 'sky_radius' must be a number > 1"):
+    with pytest.raises(ConfigError, match=r"^config section train: option 'sky_radius' must be > 1, got 0.5"):
         validate_config(bad)
 
 
@@ -130,7 +130,7 @@ def test_errors_are_input_errors_and_config_is_not_modified():
 def test_class_value_checks_still_apply():
     with pytest.raises(ConfigError, match=r"^config section sfm\.map: mapper must be one of .*got 'fast'"):
         validate_config(with_value(base(), "sfm.map", {"mapper": "fast"}))
-    with pytest.raises(ConfigError, match=r"^config section compress: compress options: zstd_level 30 not in 1\.\.22"):
+    with pytest.raises(ConfigError, match=r"^config section compress: option 'zstd_level' must be >= 1 and <= 22, got 30"):
         validate_config(with_value(base(), "compress", {"zstd_level": 30}))
     with pytest.raises(ConfigError, match=r"^config section export: .*normals"):
         validate_config(with_value(base(), "export", {"normals": "magic"}))

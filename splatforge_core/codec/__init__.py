@@ -16,13 +16,14 @@ a failure deletes it and raises. ``main`` is what the Snakemake rule calls.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import field
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io import write_json
+from ..io import remove_stale_temporaries, write_json
 from ..log import get_logger
 from ..options import build_options
 from .container import is_container, verify_container
@@ -54,13 +55,13 @@ class CodecOptions:
     """
 
     keep_required: bool = True
-    zstd_level: int | None = None
-    position_bits: int = 16
-    sh_bits: int = 4
-    rotation_bits: int = 8
+    zstd_level: int | None = field(default=None, metadata={"min": 1, "max": 22})
+    position_bits: int = field(default=16, metadata={"min": 8, "max": 24})
+    sh_bits: int = field(default=4, metadata={"min": 4, "max": 8})
+    rotation_bits: int = field(default=8, metadata={"min": 6, "max": 12})
     evaluate_psnr: bool = True
-    psnr_views: int = 8
-    psnr_size: int = 256
+    psnr_views: int = field(default=8, metadata={"min": 1})
+    psnr_size: int = field(default=256, metadata={"min": 16, "max": 8192})
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CodecOptions":
@@ -102,6 +103,7 @@ def main(
     in_ply, out_path = Path(in_ply), Path(out_path)
     if in_ply.resolve() == out_path.resolve():
         raise InputError(f"{in_ply}: output path must differ from the input")
+    remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])])  # a killed run's
     header = parse_header(in_ply)
     validate_3dgs(header)
     names = [p.name for p in header.element("vertex").properties]

@@ -35,7 +35,7 @@ import numpy as np
 
 
 from ..errors import InputError
-from ..io import write_json
+from ..io import disk_full_error, is_disk_full, remove_stale_temporaries, reporting_disk_full, write_json
 from ..log import get_logger
 from ..options import build_options
 from . import bake as _bake
@@ -101,30 +101,30 @@ class ExportOptions:
             when cores are oversubscribed). Raise it on a dedicated machine.
     """
 
-    target_faces: int = 300_000
-    texture_size: int = 4096
-    poisson_depth: int = 9
-    poisson_samples_per_node: float = 1.5
-    poisson_point_weight: float = 4.0
+    target_faces: int = field(default=300_000, metadata={"min": 4})
+    texture_size: int = field(default=4096, metadata={"min": 16, "max": 16384})
+    poisson_depth: int = field(default=9, metadata={"min": 4, "max": 14})
+    poisson_samples_per_node: float = field(default=1.5, metadata={"gt": 0})
+    poisson_point_weight: float = field(default=4.0, metadata={"min": 0})
     normals: str = "shortest_axis"
-    normal_k: int = 10
-    flat_ratio: float = 0.5
-    min_opacity: float = 0.1
+    normal_k: int = field(default=10, metadata={"min": 3})
+    flat_ratio: float = field(default=0.5, metadata={"gt": 0, "max": 1})
+    min_opacity: float = field(default=0.1, metadata={"min": 0, "lt": 1})
     crop_box: list | str | None = None
-    trim_quantile: float = 0.0
-    trim_distance: float | None = None
-    trim_distance_factor: float = 4.0
-    min_component_frac: float = 0.01
-    bake_k: int = 8
-    uv_padding: int = 2
-    uv_max_iterations: int = 1
-    uv_max_chart_faces: int = 400
-    uv_block_faces: int = 5000
+    trim_quantile: float = field(default=0.0, metadata={"min": 0, "lt": 1})
+    trim_distance: float | None = field(default=None, metadata={"gt": 0})
+    trim_distance_factor: float = field(default=4.0, metadata={"gt": 0})
+    min_component_frac: float = field(default=0.01, metadata={"min": 0, "max": 1})
+    bake_k: int = field(default=8, metadata={"min": 1})
+    uv_padding: int = field(default=2, metadata={"min": 0})
+    uv_max_iterations: int = field(default=1, metadata={"min": 0})
+    uv_max_chart_faces: int = field(default=400, metadata={"min": 1})
+    uv_block_faces: int = field(default=5000, metadata={"min": 1})
     formats: list = field(default_factory=lambda: list(FORMATS))
     fbx_binary: bool = False
-    min_gaussians: int = 100
-    flatness_tol: float = 1e-3
-    threads: int = 1
+    min_gaussians: int = field(default=100, metadata={"min": 1})
+    flatness_tol: float = field(default=1e-3, metadata={"min": 0})
+    threads: int = field(default=1, metadata={"min": 1})
 
     @classmethod
     def from_dict(cls, d: dict | "ExportOptions" | None) -> "ExportOptions":
@@ -239,6 +239,11 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
             outs[fmt] = Path(f"{out_prefix}.{fmt}")
         else:
             raise ValueError(f"export: no output path for {fmt} (give out_prefix or {fmt}=)")
+    # a killed run's staging folder and atomic temporaries beside these outputs (issue #18)
+    _own = [*outs.values(), *([Path(report_path)] if report_path else [])]
+    if "obj" in outs:
+        _own += [outs["obj"].with_suffix(".mtl"), outs["obj"].with_suffix(".png")]
+    remove_stale_temporaries(_own)
 
     with timer("read"):
         splat = _mesh._read_splat_ply(splat_ply)
@@ -294,7 +299,10 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
     nv, nf = len(v_uv), len(f_uv)
     dests = list(outs.values())
     dests[0].parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".export.", suffix=".tmp", dir=dests[0].parent))
+    # named like atomic_path's temporaries of the first output (``.{stem}.<random>.tmp``), so the
+    # cleanup above removes it after a kill, and no other scene's export touches it
+    with reporting_disk_full(dests[0]):
+        stage = Path(tempfile.mkdtemp(prefix=f".{dests[0].stem}.", suffix=".tmp", dir=dests[0].parent))
     try:
         staged: dict[str, Path] = {}
         with timer("write_verify"):
@@ -324,6 +332,10 @@ def main(splat_ply: str | os.PathLike, out_prefix: str | os.PathLike | None = No
                 dest_of[key].parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(staged[key]), str(dest_of[key]))
                 final_outputs[key] = str(dest_of[key])
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full_error(dests[0], e) from e
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -31,7 +31,7 @@ import argparse
 import itertools
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +73,12 @@ class AlignOptions:
     """
 
     up_prior: str = "auto"
-    max_error_m: float = 10.0
-    min_positions: int = 3
-    min_distinct_m: float = 0.5
-    collinear_ratio: float = 0.02
-    random_seed: int = 0
-    heading_tolerance_deg: float | None = 45.0
+    max_error_m: float = field(default=10.0, metadata={"gt": 0})
+    min_positions: int = field(default=3, metadata={"min": 3})
+    min_distinct_m: float = field(default=0.5, metadata={"min": 0})
+    collinear_ratio: float = field(default=0.02, metadata={"min": 0, "max": 1})
+    random_seed: int = field(default=0, metadata={"min": 0})
+    heading_tolerance_deg: float | None = field(default=45.0, metadata={"gt": 0, "max": 180})
 
     def __post_init__(self) -> None:
         if self.heading_tolerance_deg is not None and not 0 < self.heading_tolerance_deg <= 180:

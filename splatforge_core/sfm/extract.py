@@ -20,7 +20,7 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +58,11 @@ class ExtractOptions:
             (views.json ``masks``, :mod:`splatforge_core.masks`). Default True.
     """
 
-    max_image_size: int = 1600
-    max_num_features: int = 8192
-    num_threads: int = -1
+    max_image_size: int = field(default=1600, metadata={"min": 64})
+    max_num_features: int = field(default=8192, metadata={"min": 16})
+    num_threads: int = field(default=-1, metadata={"min": -1})
     device: str = "auto"
-    min_images: int = 3
+    min_images: int = field(default=3, metadata={"min": 1})
     share_intrinsics: bool = True
     rig_masks: bool = True
     label_masks: bool = True

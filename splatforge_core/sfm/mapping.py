@@ -23,7 +23,7 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -63,11 +63,11 @@ class MapOptions:
     mapper: str = "global"
     refine_focal_length: bool | None = None
     refine_extra_params: bool = False
-    min_model_size: int = 3
-    min_num_matches: int = 15
-    num_threads: int = -1
-    random_seed: int = 0
-    leaf_max_num_images: int = 500
+    min_model_size: int = field(default=3, metadata={"min": 2})
+    min_num_matches: int = field(default=15, metadata={"min": 1})
+    num_threads: int = field(default=-1, metadata={"min": -1})
+    random_seed: int = field(default=0, metadata={"min": 0})
+    leaf_max_num_images: int = field(default=500, metadata={"min": 2})
 
     def __post_init__(self) -> None:
         if self.mapper not in MAPPER_BACKENDS:

@@ -18,7 +18,7 @@ import argparse
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pycolmap
@@ -46,12 +46,12 @@ class MatchOptions:
         device: ``"auto" | "cpu" | "cuda"``.
     """
 
-    max_ratio: float = 0.8
-    max_num_matches: int = 32768
-    min_num_inliers: int = 15
-    max_error_px: float = 4.0
+    max_ratio: float = field(default=0.8, metadata={"gt": 0, "max": 1})
+    max_num_matches: int = field(default=32768, metadata={"min": 1})
+    min_num_inliers: int = field(default=15, metadata={"min": 1})
+    max_error_px: float = field(default=4.0, metadata={"gt": 0})
     rig_verification: bool = True
-    num_threads: int = -1
+    num_threads: int = field(default=-1, metadata={"min": -1})
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -43,9 +43,9 @@ class PairsOptions:
         max_distance_m: drop neighbours farther than this (metres); None = no limit.
     """
 
-    num_neighbors: int = 8
+    num_neighbors: int = field(default=8, metadata={"min": 1})
     no_gps: str = "sequential"
-    max_distance_m: float | None = None
+    max_distance_m: float | None = field(default=None, metadata={"gt": 0})
 
     def __post_init__(self) -> None:
         if self.num_neighbors < 1:

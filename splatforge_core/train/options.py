@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..errors import InputError
+from ..options import check_types, range_problem
 
 __all__ = ["TrainOptions", "STRATEGY_NAMES"]
 
@@ -87,51 +88,51 @@ class TrainOptions:
         sampling interval in steps (10).
     """
 
-    iterations: Optional[int] = None
-    cpu_iterations: int = 1500
-    max_side: Optional[int] = None
-    cpu_max_side: int = 320
-    sh_degree: int = 3
-    sh_degree_interval: int = 1000
-    ssim_lambda: float = 0.2
-    means_lr: float = 1.6e-4
-    means_lr_final: float = 1.6e-6
-    scales_lr: float = 5e-3
-    quats_lr: float = 1e-3
-    opacities_lr: float = 5e-2
-    sh0_lr: float = 2.5e-3
-    shN_lr: float = 2.5e-3 / 20
-    init_opacity: float = 0.1
-    init_scale: float = 1.0
-    sky_points: int = 10_000
-    sky_radius: float = 1.5
+    iterations: Optional[int] = field(default=None, metadata={"min": 1})
+    cpu_iterations: int = field(default=1500, metadata={"min": 1})
+    max_side: Optional[int] = field(default=None, metadata={"min": 16})
+    cpu_max_side: int = field(default=320, metadata={"min": 16})
+    sh_degree: int = field(default=3, metadata={"min": 0, "max": 3})
+    sh_degree_interval: int = field(default=1000, metadata={"min": 1})
+    ssim_lambda: float = field(default=0.2, metadata={"min": 0, "max": 1})
+    means_lr: float = field(default=1.6e-4, metadata={"gt": 0})
+    means_lr_final: float = field(default=1.6e-6, metadata={"gt": 0})
+    scales_lr: float = field(default=5e-3, metadata={"gt": 0})
+    quats_lr: float = field(default=1e-3, metadata={"gt": 0})
+    opacities_lr: float = field(default=5e-2, metadata={"gt": 0})
+    sh0_lr: float = field(default=2.5e-3, metadata={"gt": 0})
+    shN_lr: float = field(default=2.5e-3 / 20, metadata={"gt": 0})
+    init_opacity: float = field(default=0.1, metadata={"gt": 0, "lt": 1})
+    init_scale: float = field(default=1.0, metadata={"gt": 0})
+    sky_points: int = field(default=10_000, metadata={"min": 0})
+    sky_radius: float = field(default=1.5, metadata={"gt": 1})
     strategy: str = "default"
-    refine_start: Optional[int] = None
-    refine_stop: Optional[int] = None
-    reset_every: Optional[int] = None
-    refine_every: Optional[int] = None
-    prune_opa: float = 0.005
-    grow_grad2d: float = 0.0002
+    refine_start: Optional[int] = field(default=None, metadata={"min": 1})
+    refine_stop: Optional[int] = field(default=None, metadata={"min": 1})
+    reset_every: Optional[int] = field(default=None, metadata={"min": 1})
+    refine_every: Optional[int] = field(default=None, metadata={"min": 1})
+    prune_opa: float = field(default=0.005, metadata={"gt": 0, "lt": 1})
+    grow_grad2d: float = field(default=0.0002, metadata={"gt": 0})
     absgrad: bool = False
     antialiased: bool = False
-    mcmc_cap_max: int = 1_000_000
-    max_gaussians: Optional[int] = None
-    cpu_max_gaussians: int = 100_000
+    mcmc_cap_max: int = field(default=1_000_000, metadata={"min": 1})
+    max_gaussians: Optional[int] = field(default=None, metadata={"min": 1})
+    cpu_max_gaussians: int = field(default=100_000, metadata={"min": 1})
     oom_tiers: List[List[float]] = field(default_factory=lambda: [[0.01, 3_000_000], [0.02, 1_500_000],
                                                                   [0.05, 750_000]])
-    eval_every_n: int = 8
-    eval_offset: Optional[int] = None
+    eval_every_n: int = field(default=8, metadata={"min": 0})
+    eval_offset: Optional[int] = field(default=None, metadata={"min": 0})
     eval_steps: Optional[List[int]] = None
-    n_eval_images: int = 3
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
+    n_eval_images: int = field(default=3, metadata={"min": 0})
+    checkpoint_every: int = field(default=500, metadata={"min": 1})
+    keep_checkpoints: int = field(default=2, metadata={"min": 1})
     resume: bool = True
-    seed: int = 42
+    seed: int = field(default=42, metadata={"min": 0})
     device: str = "auto"
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = field(default=None, metadata={"min": 1})
     background: str = "black"
     progress: bool = True
-    log_every: int = 10
+    log_every: int = field(default=10, metadata={"min": 1})
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainOptions":
@@ -141,12 +142,17 @@ class TrainOptions:
         unknown = sorted(set(d) - known)
         if unknown:
             raise InputError(f"train options: unknown key(s) {unknown}; known: {sorted(known)}")
+        check_types(cls, d, "train")
         opts = cls(**d)
         opts.validate()
         return opts
 
     def validate(self) -> None:
-        """Raise InputError naming the first bad option."""
+        """Raise InputError naming the first bad option (ranges from the fields' metadata first,
+        :func:`splatforge_core.options.range_problem`)."""
+        problem = range_problem(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if problem:
+            raise InputError(f"bad train options: {problem}")
         def pos_int(name, v, allow_none=False, allow_zero=False):
             if v is None and allow_none:
                 return

@@ -49,11 +49,11 @@ import torch
 from gsplat.strategy.ops import remove
 
 from ..errors import InputError, SplatForgeError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, remove_stale_temporaries, write_json
 from ..log import get_logger, setup_logging
 from ..splat import write_splat_ply
-from .checkpoint import load_latest_checkpoint, save_checkpoint
-from .data import SceneData, View, load_scene
+from .checkpoint import input_fingerprint, load_latest_checkpoint, move_aside, save_checkpoint
+from .data import SceneData, View, _masks_from_views, load_scene
 from .init import init_gaussians, sky_sphere
 from .metrics import psnr, save_comparison_png, save_curve_png, ssim, try_load_lpips
 from .options import TrainOptions
@@ -91,6 +91,9 @@ class Trainer:
         self.history: Dict[str, list] = {"step": [], "loss": [], "psnr": [], "num_gaussians": []}
         self.evals: List[Dict[str, Any]] = []
         self.resumed_from: List[int] = []
+        #: :func:`.checkpoint.input_fingerprint` of the inputs (set by :func:`main`), stored in
+        #: every checkpoint; a checkpoint with another one is never resumed.
+        self.fingerprint: Dict[str, str] = {}
         self.train_seconds = 0.0
         self.nonfinite_grads = 0
         self.step = 0
@@ -142,11 +145,6 @@ class Trainer:
         _LOG.info("initialised %d Gaussians from SfM points (+%d sky sphere points)", len(self.params["means"]),
                   0 if self.sky is None else len(self.sky[0]))
 
-    def _signature(self) -> Dict[str, Any]:
-        return {"train": [v.name for v in self.scene.train], "test": [v.name for v in self.scene.test],
-                "sh_degree": self.opts.sh_degree, "strategy": self.opts.strategy, "sky_points": self.opts.sky_points,
-                "sizes": [[v.width, v.height] for v in self.scene.train[:1]]}
-
     # ---- checkpoints ------------------------------------------------------------------
     def save(self) -> Path:
         st = {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in self.strategy_state.items()}
@@ -164,15 +162,14 @@ class Trainer:
                     "order": list(self.order)},
             "history": self.history, "evals": self.evals, "resumed_from": self.resumed_from,
             "train_seconds": self.train_seconds, "nonfinite_grads": self.nonfinite_grads,
-            "signature": self._signature(),
+            "fingerprint": dict(self.fingerprint),
             "options": asdict(self.opts),
         }
         return save_checkpoint(self.ckpt_dir, self.step, payload, keep=self.opts.keep_checkpoints)
 
     def load(self, ck: Dict[str, Any]) -> None:
-        if ck.get("signature") != self._signature():
-            raise InputError(f"{ck.get('_path')}: checkpoint belongs to another scene, image set, resolution "
-                             f"or SH degree/strategy; delete {self.ckpt_dir} to start over")
+        """Continue from a checkpoint dict that :func:`.checkpoint.load_latest_checkpoint` returned
+        for this run's fingerprint (schema checked there)."""
         self._build(ck["params"])
         for k, opt in self.optimizers.items():
             opt.load_state_dict(ck["optimizers"][k])
@@ -399,8 +396,19 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _resume_or_init(tr: Trainer, resume: bool) -> None:
-    """Continue from the newest checkpoint in ``tr.ckpt_dir`` (when ``resume``) or start fresh."""
-    ck = load_latest_checkpoint(tr.ckpt_dir) if resume else None
+    """Continue from the newest checkpoint in ``tr.ckpt_dir`` (when ``resume``) or start fresh.
+
+    Only a checkpoint of the same inputs (``tr.fingerprint``) is resumed; others, and every
+    checkpoint when ``resume`` is False, are moved aside (:func:`.checkpoint.move_aside`) so
+    that a fresh run never mixes with an older run's files.
+
+    Raises:
+        InputError: a checkpoint file that is not one this project wrote (see
+            :func:`.checkpoint.load_latest_checkpoint`).
+    """
+    ck = load_latest_checkpoint(tr.ckpt_dir, tr.fingerprint) if resume else None
+    if not resume:
+        move_aside(tr.ckpt_dir, "train option resume is false")
     if ck is not None:
         tr.load(ck)
         if tr.step < tr.iterations:
@@ -440,7 +448,7 @@ def train_with_oom_tiers(tr: Trainer) -> Dict[str, Any]:
                          tier, len(opts.oom_tiers), opts.oom_tiers[tier - 1][0], int(opts.oom_tiers[tier - 1][1]))
             if tr.device.type == "cuda":
                 torch.cuda.empty_cache()
-            ck = load_latest_checkpoint(tr.ckpt_dir)
+            ck = load_latest_checkpoint(tr.ckpt_dir, tr.fingerprint)
             if ck is not None:
                 tr.load(ck)
             else:
@@ -536,7 +544,7 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         resumed at), ``device``, ``resolution``, ``test_images``, ``lpips_note`` ...
 
     Raises:
-        InputError: bad options, unreadable model/images, a checkpoint of another run.
+        InputError: bad options, unreadable model/images, a checkpoint file this project did not write.
         SplatForgeError: CUDA out of memory even with the last culling tier.
     """
     opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
@@ -546,6 +554,10 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         torch.set_num_threads(opts.num_threads)
     out_dir, ply_path = Path(out_dir), Path(ply_path)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # temporaries a killed run left beside the outputs and checkpoints (issue #18)
+    remove_stale_temporaries([ply_path, *(out_dir / n for n in ("splat.ply", "metrics.json", "renders.png",
+                                                                 "curve.png"))])
+    remove_stale_temporaries([], patterns=[r"^\.ckpt_\d+\.[A-Za-z0-9_]+\.tmp\.pt$"], folders=[out_dir / "checkpoints"])
     t0 = time.perf_counter()
     # load
     max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
@@ -556,6 +568,11 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
                          f"{opts.eval_every_n}th frame")
     # build, train
     tr = Trainer(scene, opts, device, out_dir)
+    t_fp = time.perf_counter()
+    tr.fingerprint = input_fingerprint(aligned_dir, images_dir, [v.name for v in scene.train + scene.test],
+                                       _masks_from_views(views_path).values(), views_path, asdict(opts))
+    _LOG.info("input fingerprint of %d images in %.2f s", len(scene.train) + len(scene.test),
+              time.perf_counter() - t_fp)
     _resume_or_init(tr, opts.resume)
     final = train_with_oom_tiers(tr)
     # how well the splat fits the views it was trained on (a pose or data problem shows here

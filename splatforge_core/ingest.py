@@ -88,7 +88,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,17 +158,17 @@ class IngestOptions:
     """
 
     require_gps: bool = True
-    min_images: int = 3
+    min_images: int = field(default=3, metadata={"min": 1})
     allow_mixed: bool = False
     check_decode: bool = True
     equirect_by_aspect: bool = True
-    aspect_tolerance: float = 0.01
-    max_pixels: int = 100_000_000
-    gps_outlier_k: float = 6.0
-    gps_outlier_floor_m: float = 250.0
-    alt_outlier_floor_m: float = 100.0
-    alt_min_m: float = -500.0
-    alt_max_m: float = 10_000.0
+    aspect_tolerance: float = field(default=0.01, metadata={"min": 0, "lt": 0.5})
+    max_pixels: int = field(default=100_000_000, metadata={"min": 1, "max": 2**40})
+    gps_outlier_k: float = field(default=6.0, metadata={"min": 1, "max": 1e6})
+    gps_outlier_floor_m: float = field(default=250.0, metadata={"min": 0, "max": 2.1e7})
+    alt_outlier_floor_m: float = field(default=100.0, metadata={"min": 0, "max": 1e5})
+    alt_min_m: float = field(default=-500.0, metadata={"min": -1e5, "max": 1e5})
+    alt_max_m: float = field(default=10_000.0, metadata={"min": -1e5, "max": 1e5})
 
     def __post_init__(self) -> None:
         for f in ("require_gps", "allow_mixed", "check_decode", "equirect_by_aspect"):

@@ -134,7 +134,7 @@ def test_class_value_checks_still_apply():
         validate_config(with_value(base(), "compress", {"zstd_level": 30}))
     with pytest.raises(ConfigError, match=r"^config section export: .*normals"):
         validate_config(with_value(base(), "export", {"normals": "magic"}))
-    with pytest.raises(ConfigError, match=r"^config section ingest: ingest option 'min_images' must be an integer >= 1"):
+    with pytest.raises(ConfigError, match=r"^config section ingest: option 'min_images' must be >= 1, got 0"):
         validate_config(with_value(base(), "ingest", {"min_images": 0}))
 
 

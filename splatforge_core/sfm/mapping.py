@@ -130,6 +130,9 @@ def _map_global(db_path: Path, images_dir: Path, out_dir: Path, opts: MapOptions
     g.mapper.bundle_adjustment.refine_focal_length = refine
     g.mapper.bundle_adjustment.refine_extra_params = bool(opts.refine_extra_params)
     g.mapper.bundle_adjustment.refine_principal_point = False
+    if not pycolmap.has_cuda:  # else COLMAP warns twice per run that it falls back to the CPU solvers
+        g.mapper.global_positioning.use_gpu = False
+        g.mapper.bundle_adjustment.ceres.use_gpu = False
     return pycolmap.global_mapping(db_path, images_dir, out_dir, g)
 
 

@@ -9,8 +9,9 @@
 import os
 
 from snakemake.utils import min_version, validate
+from snakemake.logging import logger
 
-from splatforge_core.config import validate_config
+from splatforge_core.config import adopt_input, validate_config
 
 min_version("8.0")
 
@@ -20,6 +21,12 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 validate(config, "schemas/config.schema.yaml")
+# `--config input=PATH` makes the photo folder a scene of its own (named after the folder) and the
+# default scene, with the global settings only; `snakemake --cores all --config input=PATH`
+# then writes results/<name>.ply.
+ADOPTED_SCENE = adopt_input(config)
+if ADOPTED_SCENE:
+    logger.info(f"input: scene {ADOPTED_SCENE!r} -> results/{ADOPTED_SCENE}.ply")
 # The schema checks the top-level structure; every stage section (and every scene's override
 # merged on top) is checked against its options dataclass here, so a typo or a wrong type stops
 # the run now, naming the key, instead of after SfM has run.

@@ -104,8 +104,12 @@ def load_config(configfiles: list[Path]) -> dict:
 
 def scene_input(cfg: dict, scene: str) -> tuple[str, bool]:
     """(input folder, whether it comes from the top-level ``input`` key), as ``rules/common.smk``."""
-    if cfg.get("input") and scene == cfg.get("default_scene", "scene"):
-        return str(cfg["input"]), True
+    from splatforge_core.config import adopt_input
+
+    configured = set(cfg.get("scenes", {}))
+    cfg = dict(cfg, scenes=dict(cfg.get("scenes", {})))
+    if adopt_input(cfg) == scene and scene not in configured:  # --config input=PATH made this scene
+        return str(cfg["scenes"][scene]["input"]), True
     if scene not in cfg.get("scenes", {}):
         raise SystemExit(f"scene {scene!r} is not in the config's scenes: {sorted(cfg.get('scenes', {}))}")
     return str(cfg["scenes"][scene]["input"]), False

@@ -8,6 +8,8 @@
 
 import os
 
+from snakemake.exceptions import WorkflowError
+
 from splatforge_core.config import scene_section
 
 SCENES = sorted(config["scenes"])
@@ -36,9 +38,18 @@ def R(suffix):
 
 
 def scene_input(wildcards):
-    """The scene's input photo folder: config `input` overrides the default scene's."""
-    if config.get("input") and wildcards.scene == config.get("default_scene", "scene"):
-        return config["input"]
+    """The scene's input photo folder (`--config input=PATH` was made a scene of its own at start)."""
+    if wildcards.scene not in config["scenes"]:
+        raise WorkflowError(
+            f"results/{wildcards.scene}.*: there is no scene {wildcards.scene!r} (configured: {', '.join(SCENES)}); "
+            f"add it under scenes: in config.yaml or a --configfile (input: PATH), or run "
+            f"`snakemake --cores all --config input=PATH` to make a scene of a photo folder")
+    if ADOPTED_SCENE and wildcards.scene != ADOPTED_SCENE:
+        # e.g. the old `snakemake results/scene.ply --config input=PATH` would run the demo instead
+        raise WorkflowError(
+            f"results/{wildcards.scene}.*: with --config input=... the photos are scene {ADOPTED_SCENE!r}: ask for "
+            f"results/{ADOPTED_SCENE}.ply (or give no target); scene {wildcards.scene!r} is "
+            f"{config['scenes'][wildcards.scene]['input']}")
     return config["scenes"][wildcards.scene]["input"]
 
 

@@ -20,6 +20,7 @@ import difflib
 import importlib
 import importlib.machinery
 import importlib.util
+import os
 import re
 import sys
 import types
@@ -367,6 +368,72 @@ def check_names(config: Mapping[str, Any]) -> None:
     if isinstance(scenes, Mapping):
         for name in scenes:
             check_name(name, "scene name (a key of scenes)")
+
+
+#: Folder names that say nothing about the capture: a scene made from ``.../ricoh/images`` is
+#: named after ``ricoh``.
+GENERIC_FOLDERS = {"images", "image", "photos", "pictures", "jpg", "jpeg", "dcim", "input", "panoramas"}
+
+
+def scene_name_for(folder: str | os.PathLike) -> str:
+    """A safe scene name for a photo folder: its name, or its parent's when the folder's own
+    name is generic (``captures/ricoh/images`` -> ``ricoh``); characters outside
+    :data:`SAFE_NAME` become ``_`` (``"My walk (2)"`` -> ``My_walk_2``).
+
+    Args:
+        folder: the photo folder (need not exist).
+
+    Returns:
+        A name matching :data:`SAFE_NAME`, at most 100 characters (``capture`` when nothing is left).
+    """
+    parts = [p for p in os.path.normpath(os.path.abspath(os.fspath(folder))).split(os.sep) if p]
+    while len(parts) > 1 and parts[-1].lower() in GENERIC_FOLDERS:
+        parts.pop()
+    raw = parts[-1] if parts else ""
+    name = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_-]", "_", raw)).strip("_")[:100]
+    return name or "capture"
+
+
+def adopt_input(config: dict[str, Any]) -> str | None:
+    """Make ``--config input=PATH`` a scene of its own.
+
+    The photo folder becomes the scene named by :func:`scene_name_for` with only the global
+    stage sections (it never inherits another scene's overrides, such as the demo's
+    ``project.size: 512``), and the default scene, so ``snakemake --cores all --config
+    input=PATH`` makes ``results/<name>.ply``. A configured scene whose ``input`` is the same
+    folder is used as it is (with its overrides). Outputs of two folders never share
+    ``work/<name>/``: a configured scene of that name with another input is an error.
+
+    Args:
+        config: the workflow configuration (Snakemake's ``config``), changed in place:
+            ``scenes.<name>`` added when new, ``default_scene`` set, ``input`` removed.
+
+    Returns:
+        The scene name, or None when ``input`` is not set.
+
+    Raises:
+        ConfigError: ``input`` is not a string, or its scene name is taken by another folder.
+    """
+    folder = config.get("input")
+    if folder in (None, ""):
+        config.pop("input", None)
+        return None
+    if not isinstance(folder, str):
+        raise ConfigError(f"config: input must be a path to a photo folder, got {folder!r}")
+    scenes = config.setdefault("scenes", {})
+    same = [n for n, sc in scenes.items()
+            if isinstance(sc, Mapping) and isinstance(sc.get("input"), str)
+            and os.path.normpath(os.path.abspath(sc["input"])) == os.path.normpath(os.path.abspath(folder))]
+    name = same[0] if same else scene_name_for(folder)
+    if not same and name in scenes:
+        raise ConfigError(f"config: input={folder}: its scene name {name!r} is already the scene of "
+                          f"{scenes[name].get('input')!r} in config.yaml; rename the folder, or add the capture "
+                          f"under scenes: in a config file with a name of its own")
+    if not same:
+        scenes[name] = {"input": folder}
+    config["default_scene"] = name
+    del config["input"]
+    return name
 
 
 def _check_device(config: Mapping[str, Any], train: Any, label: str) -> None:

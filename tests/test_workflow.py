@@ -88,16 +88,31 @@ def test_tiny_workflow_through_alignment_and_rerun_does_nothing(tmp_path):
 def test_unimplemented_or_failing_stage_leaves_no_output(tmp_path):
     """A stage that fails leaves none of its outputs behind (here: ingest on a folder of non-JPEGs),
     and the console shows the stage's message naming the file, not a Python traceback."""
-    photos = tmp_path / "photos"
+    photos = tmp_path / "broken_walk"
     photos.mkdir()
     (photos / "a.jpg").write_bytes(b"not a jpeg")
-    r = snakemake(tmp_path, "work/scene/manifest.json", "--config", f"input={photos}")
+    r = snakemake(tmp_path, "work/broken_walk/manifest.json", "--config", f"input={photos}")
     assert r.returncode != 0
-    assert not (tmp_path / "work/scene/manifest.json").exists()
-    log = (tmp_path / "work/scene/logs/ingest.log").read_text()
-    assert "photos" in log
+    assert not (tmp_path / "work/broken_walk/manifest.json").exists()
+    log = (tmp_path / "work/broken_walk/logs/ingest.log").read_text()
+    assert "a.jpg" in log
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "a.jpg" in r.stderr or "photos" in r.stderr, r.stderr[-3000:]
+    assert "a.jpg" in r.stderr, r.stderr[-3000:]
+
+
+def test_input_folder_is_a_scene_of_its_own(tmp_path):
+    """`--config input=PATH` names the scene after the folder, with no other scene's overrides;
+    asking for the demo scene or an unknown scene with it is a clear error, not the wrong run."""
+    photos = tmp_path / "captures" / "ricoh" / "images"
+    photos.mkdir(parents=True)
+    r = snakemake(tmp_path, "-n", "--config", f"input={photos}")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "results/ricoh.ply" in out and "work/ricoh/manifest.json" in out and "work/scene/" not in out
+    wrong = snakemake(tmp_path, "-n", "results/scene.ply", "--config", f"input={photos}")
+    assert wrong.returncode != 0 and "ask for results/ricoh.ply" in wrong.stdout + wrong.stderr
+    unknown = snakemake(tmp_path, "-n", "results/nowhere.ply")
+    assert unknown.returncode != 0 and "there is no scene 'nowhere'" in unknown.stdout + unknown.stderr
 
 
 @pytest.mark.slow

@@ -305,3 +305,20 @@ def test_merge_main_writes_model_alignment_and_report(tmp_path):
     assert al["num_registered_frames"] == 10 and al["unregistered_frames"] == []
     assert al["median_residual_m"] == pytest.approx(np.sqrt(3) * 0.1, abs=1e-6) and al["num_inliers"] == 10
     assert json.loads((tmp_path / "merge.json").read_text())["shared_centres"] == rep["shared_centres"]
+
+
+# ---------------------------------------------------------------------------- report
+def test_report_draws_the_cluster_map(tmp_path):
+    from splatforge_core import report
+
+    scene = tmp_path / "work" / "s"
+    scene.mkdir(parents=True)
+    pos, _ = camera_path(12, 1.5)
+    views = {"schema_version": 1, "frames": [{"frame": f"p{i}", "enu": p.tolist(), "images": {"v": f"p{i}.jpg"}}
+                                             for i, p in enumerate(pos)]}
+    (scene / "views.json").write_text(json.dumps(views))
+    cluster.main(scene / "views.json", scene / "clusters.json", {"n_clusters": 2, "margin_m": 2.0})
+    out = report.main(scene, tmp_path / "rep")
+    assert "clusters.png" in out["figures"] and (tmp_path / "rep" / "clusters.png").stat().st_size > 1000
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| cluster | core frames | members | shared frames |" in md and "![Cluster split" in md

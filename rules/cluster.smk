@@ -88,9 +88,27 @@ rule sfm_merge:
         "../scripts/sfm_merge.py"
 
 
-use rule train as train_cluster with:
+# A cluster's model moved by its chain alignment (merge.json): every cluster trains in the
+# merged model's frame, so the cropped splats fit together.
+rule sfm_place_cluster:
     input:
         aligned=C("aligned"),
+        merge=W("merge.json"),
+    output:
+        placed=directory(C("placed")),
+    benchmark:
+        C("benchmarks/sfm_place_cluster.tsv")
+    log:
+        C("logs/sfm_place_cluster.log"),
+    conda:
+        "../envs/splatforge.yaml"
+    script:
+        "../scripts/sfm_place_cluster.py"
+
+
+use rule train as train_cluster with:
+    input:
+        aligned=C("placed"),
         images=W("images"),
         masks=W("masks"),
         views=W("views.json"),

@@ -17,7 +17,9 @@
 #   model and splat to the one-block paths W("aligned"), W("alignment.json"),
 #   W("splat/splat.ply"), W("splat/metrics.json"), so export, compress, report and publish
 #   read the same files whichever way the scene ran. The merge rules only match clustered
-#   scenes (wildcard constraint) and win over sfm_align/train there (ruleorder).
+#   scenes (wildcard constraint) and win over sfm_align/train there (ruleorder). Each cluster
+#   trains on its model moved by the merge's chain alignment (C("placed")), so the splats share
+#   the merged model's frame.
 # extract, pairs and match stay scene-wide (W("colmap/database.db")).
 
 import os

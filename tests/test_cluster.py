@@ -322,3 +322,16 @@ def test_report_draws_the_cluster_map(tmp_path):
     assert "clusters.png" in out["figures"] and (tmp_path / "rep" / "clusters.png").stat().st_size > 1000
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| cluster | core frames | members | shared frames |" in md and "![Cluster split" in md
+
+
+def test_place_cluster_moves_a_cluster_onto_the_merged_frame(tmp_path):
+    full, a, b, fids, frame_of_image = _synthetic_clusters()
+    b.write_binary(str((tmp_path / "b").mkdir() or tmp_path / "b"))
+    cores = {"a": {f"fr{f}" for f in fids[:5]}, "b": {f"fr{f}" for f in fids[5:]}}
+    _, rep = sfm_merge.merge_models({"a": a, "b": pycolmap.Reconstruction(b)}, cores, frame_of_image)
+    (tmp_path / "merge.json").write_text(json.dumps(rep))
+    sim = sfm_merge.place_cluster(tmp_path / "b", tmp_path / "merge.json", "b", tmp_path / "placed")
+    assert sim["scale"] == pytest.approx(1 / 1.3)
+    placed = pycolmap.Reconstruction(str(tmp_path / "placed"))
+    for iid in placed.reg_image_ids():
+        assert np.allclose(placed.image(iid).projection_center(), full.image(iid).projection_center(), atol=1e-6)

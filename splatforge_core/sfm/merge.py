@@ -9,6 +9,8 @@
   point already has a 3D point from another cluster (a shared track) the two points are merged
   with ``Reconstruction.merge_points3D`` (pycolmap 4.2 has no model-merger binding). The
   disagreement of the shared images' camera centres between clusters, in metres, is reported.
+* :func:`place_cluster` is the ``sfm_place_cluster`` rule: a cluster's model moved by its chain
+  alignment, which the cluster trains on.
 * :func:`main` is the ``sfm_merge`` rule: ``clusters/*/aligned`` -> ``aligned/`` +
   ``alignment.json`` (the clusters' residuals, each frame from the cluster whose core holds it)
   + ``merge.json``.
@@ -175,8 +177,56 @@ def chain_align(models: dict[str, pycolmap.Reconstruction], max_error_m: float =
             continue
         models[c].transform(sim)
         steps.append({"cluster": c, "onto": t, "shared_images": n, "aligned": True, "scale": float(sim.scale),
-                      "translation_m": float(np.linalg.norm(np.asarray(sim.translation)))})
+                      "translation_m": float(np.linalg.norm(np.asarray(sim.translation))), "sim3": sim3_dict(sim)})
     return {"reference": names[0], "steps": steps}
+
+
+def sim3_dict(sim: pycolmap.Sim3d) -> dict[str, Any]:
+    """A similarity as JSON: ``scale``, 3x3 ``rotation``, ``translation`` (metres); x' = s R x + t."""
+    m = np.asarray(sim.matrix())
+    return {"scale": float(sim.scale), "rotation": (m[:, :3] / sim.scale).tolist(), "translation": m[:, 3].tolist()}
+
+
+def sim3_from_dict(d: dict[str, Any]) -> pycolmap.Sim3d:
+    """Inverse of :func:`sim3_dict`."""
+    return pycolmap.Sim3d(float(d["scale"]), pycolmap.Rotation3d(np.asarray(d["rotation"], dtype=np.float64)),
+                          np.asarray(d["translation"], dtype=np.float64))
+
+
+def place_cluster(aligned_dir: str | os.PathLike, merge_path: str | os.PathLike, cluster: str,
+                  placed_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write a cluster's geo-aligned model moved by its chain alignment (``merge.json``), so the
+    cluster trains in the merged model's frame and the cropped splats fit together.
+
+    Args:
+        aligned_dir: ``clusters/{cluster}/aligned``.
+        merge_path: the sparse merge's ``merge.json`` (``chain.steps[*].sim3``).
+        cluster: the cluster's name.
+        placed_dir: output model folder (``clusters/{cluster}/placed``), replaced whole.
+
+    Returns:
+        The similarity applied (identity for the reference cluster or a cluster left as it was).
+
+    Raises:
+        InputError: unreadable model or ``merge.json``.
+    """
+    try:
+        rec = pycolmap.Reconstruction(str(aligned_dir))
+    except Exception as e:
+        raise InputError(f"{aligned_dir}: cannot read cluster {cluster}'s model ({e})") from e
+    try:
+        steps = (read_json(merge_path).get("chain") or {}).get("steps") or []
+    except (OSError, ValueError) as e:
+        raise InputError(f"{merge_path}: cannot read merge.json ({e}); rerun sfm_merge") from e
+    step = next((st for st in steps if st["cluster"] == cluster and st.get("aligned")), None)
+    sim = sim3_from_dict(step["sim3"]) if step else pycolmap.Sim3d()
+    rec.transform(sim)
+    with atomic_path(placed_dir) as tmp:
+        tmp.mkdir(parents=True)
+        rec.write_binary(str(tmp))
+    log.info("sfm place: cluster %s moved by scale %.5f, translation %.3f m", cluster, sim.scale,
+             float(np.linalg.norm(np.asarray(sim.translation))))
+    return sim3_dict(sim)
 
 
 def merge_models(models: dict[str, pycolmap.Reconstruction], core_frames: dict[str, set[str]],

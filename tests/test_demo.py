@@ -85,7 +85,7 @@ def test_options_validation():
     with pytest.raises(InputError, match="unknown demo option"):
         demo.DemoOptions.from_dict({"n_pano": 10})
     with pytest.raises(InputError, match="n_panoramas"):
-        demo.DemoOptions(n_panoramas=20)
+        demo.DemoOptions(n_panoramas=49)
     with pytest.raises(InputError, match="width"):
         demo.DemoOptions(width=513)
     with pytest.raises(InputError, match="gps_sigma_m"):

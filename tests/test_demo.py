@@ -296,7 +296,7 @@ def test_cli(tmp_path, capsys):
     g = read_json(tmp_path / "d" / "ground_truth.json")
     assert g["seed"] == 3 and g["gps_sigma_m"] == 0.5 and len(g["panoramas"]) == 8
     assert "8 panoramas" in capsys.readouterr().out
-    assert sf(["demo", str(tmp_path / "e"), "--n", "30"]) == 1  # InputError -> exit code 1
+    assert sf(["demo", str(tmp_path / "e"), "--n", "49"]) == 1  # InputError -> exit code 1
     assert not (tmp_path / "e").exists()
 
 

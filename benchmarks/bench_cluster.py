@@ -53,8 +53,8 @@ def _config(a: argparse.Namespace) -> dict:
 
 def _snakemake(work: Path, targets: list[str], threads: int) -> float:
     t0 = time.perf_counter()
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "config.yaml"), "--cores", str(threads), "--quiet", "rules", *targets]
+    cmd = [str(Path(sys.executable).parent / "snakemake"), *targets, "-s", str(REPO / "Snakefile"), "--directory",
+           str(work), "--configfile", str(work / "config.yaml"), "--cores", str(threads)]
     with open(work / "snakemake.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
     return time.perf_counter() - t0

@@ -335,3 +335,32 @@ def test_place_cluster_moves_a_cluster_onto_the_merged_frame(tmp_path):
     placed = pycolmap.Reconstruction(str(tmp_path / "placed"))
     for iid in placed.reg_image_ids():
         assert np.allclose(placed.image(iid).projection_center(), full.image(iid).projection_center(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- workflow DAG
+def _dry_run_jobs(tmp_path, *config: str) -> dict[str, int]:
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+                        "-n", "results/scene.ply", "--configfile", str(repo / "tests" / "workflow" / "tiny.yaml"), *config],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (r.stdout + r.stderr).split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.slow
+def test_one_block_scene_has_no_cluster_jobs_and_a_clustered_one_merges(tmp_path):
+    block = _dry_run_jobs(tmp_path / "a")
+    assert {"sfm_map", "sfm_align", "train"} <= set(block)
+    assert not {"cluster", "sfm_merge", "splat_merge", "train_cluster"} & set(block)
+    (tmp_path / "two.yaml").write_text("cluster:\n  n_clusters: 2\n")
+    clustered = _dry_run_jobs(tmp_path / "b", str(tmp_path / "two.yaml"))
+    # the clusters' jobs appear once the checkpoint has run; before, the merges stand for them
+    assert {"cluster", "sfm_merge", "splat_merge", "export_mesh", "report"} <= set(clustered)
+    assert not {"sfm_map", "sfm_align", "train"} & set(clustered)

@@ -241,7 +241,7 @@ def test_merge_main_writes_an_inria_ply_and_weighted_metrics(tmp_path):
 # ---------------------------------------------------------------------------- sparse merge
 def _synthetic_clusters():
     """A synthetic rig model (10 frames, 2 cameras each, 300 points) cut into two clusters
-    sharing frames 5 and 6; the second one moved by a known similarity."""
+    sharing frames 5, 6 and 7; the second one (fewer images) moved by a known similarity."""
     o = pycolmap.SyntheticDatasetOptions()
     o.num_rigs, o.num_cameras_per_rig, o.num_frames_per_rig, o.num_points3D = 1, 2, 10, 300
     pycolmap.set_random_seed(0)
@@ -255,7 +255,7 @@ def _synthetic_clusters():
                 r.deregister_frame(f)
         return r
 
-    a, b = sub(fids[:6]), sub(fids[4:])
+    a, b = sub(fids[:7]), sub(fids[4:])
     move = pycolmap.Sim3d(1.3, pycolmap.Rotation3d(np.array([0.0, 0.0, np.sin(0.2), np.cos(0.2)])), np.array([4.0, -2.0, 1.0]))
     b.transform(move)
     frame_of_image = {im.name: f"fr{im.frame_id}" for im in full.images.values()}
@@ -267,9 +267,12 @@ def test_merge_models_unites_clusters_and_measures_shared_centres():
     cores = {"a": {f"fr{f}" for f in fids[:5]}, "b": {f"fr{f}" for f in fids[5:]}}
     merged, rep = sfm_merge.merge_models({"a": a, "b": b}, cores, frame_of_image)
     assert rep["num_frames"] == 10 and rep["num_images"] == 20
-    assert rep["shared_centres_geo"]["num_frames"] == 2 and rep["shared_centres_geo"]["median_m"] > 1.0
+    assert rep["shared_centres_geo"]["num_frames"] == 3 and rep["shared_centres_geo"]["median_m"] > 1.0
     assert rep["shared_centres"]["median_m"] < 1e-6  # after the chain alignment
     assert rep["chain"]["steps"][0]["aligned"] and rep["chain"]["steps"][0]["scale"] == pytest.approx(1 / 1.3)
+    # leaving one shared frame out of the fit still places it (exact synthetic model)
+    loo = rep["shared_centres_leave_one_frame_out"]
+    assert loo["num_frames"] == 3 and loo["max_m"] < 1e-6
     # every camera centre is where the uncut model has it (the reference cluster did not move)
     for iid, im in full.images.items():
         assert np.allclose(merged.image(iid).projection_center(), im.projection_center(), atol=1e-6)

@@ -146,7 +146,41 @@ def _stats(dists: dict[str, list[float]]) -> dict[str, Any]:
             "per_frame_median_m": {f: float(np.median(v)) for f, v in sorted(dists.items())}}
 
 
-def chain_align(models: dict[str, pycolmap.Reconstruction], max_error_m: float = 5.0) -> dict[str, Any]:
+def leave_one_frame_out(src: pycolmap.Reconstruction, tgt: pycolmap.Reconstruction,
+                        frame_of_image: dict[str, str]) -> dict[str, float]:
+    """Out-of-sample check of aligning ``src`` onto ``tgt`` through their shared images.
+
+    For every shared frame, the similarity is fitted (``pycolmap.estimate_sim3d``) on the camera
+    centres of the *other* shared frames' images and the left-out frame's images are measured:
+    frame name -> median distance (metres) between its images' centres in ``tgt`` and mapped
+    from ``src``. Empty when fewer than 2 frames are shared (nothing to leave out).
+    """
+    shared = sorted(set(src.reg_image_ids()) & set(tgt.reg_image_ids()))
+    frames: dict[str, list[int]] = {}
+    for i in shared:
+        name = src.image(i).name
+        frames.setdefault(frame_of_image.get(name, name), []).append(i)
+    out: dict[str, float] = {}
+    if len(frames) < 2:
+        return out
+    for f, ids in frames.items():
+        fit = [i for g, v in frames.items() if g != f for i in v]
+        a = np.array([src.image(i).projection_center() for i in fit])
+        b = np.array([tgt.image(i).projection_center() for i in fit])
+        if len(fit) < 3 or np.linalg.matrix_rank(a - a.mean(0), tol=1e-6) < 2:
+            continue
+        sim = pycolmap.estimate_sim3d(a, b)
+        if sim is None:
+            continue
+        m = np.asarray(sim.matrix())
+        d = [np.linalg.norm(m[:, :3] @ src.image(i).projection_center() + m[:, 3] - tgt.image(i).projection_center())
+             for i in ids]
+        out[f] = float(np.median(d))
+    return out
+
+
+def chain_align(models: dict[str, pycolmap.Reconstruction], max_error_m: float = 5.0,
+                frame_of_image: dict[str, str] | None = None) -> dict[str, Any]:
     """Align the clusters onto each other through their shared images, in place.
 
     The cluster with the most registered images stays as it is (geo-aligned to its frames'
@@ -158,7 +192,8 @@ def chain_align(models: dict[str, pycolmap.Reconstruction], max_error_m: float =
 
     Returns:
         ``{"reference": name, "steps": [{"cluster", "onto", "shared_images", "scale",
-        "translation_m", "aligned"}]}``.
+        "translation_m", "aligned", "sim3", "leave_one_frame_out_m"}]}``
+        (:func:`leave_one_frame_out`, measured before the cluster is moved).
     """
     names = sorted(models, key=lambda c: -models[c].num_reg_images())
     regs = {c: set(models[c].reg_image_ids()) for c in names}
@@ -175,8 +210,10 @@ def chain_align(models: dict[str, pycolmap.Reconstruction], max_error_m: float =
                         "geo-alignment", c, n)
             steps.append({"cluster": c, "onto": t, "shared_images": n, "aligned": False})
             continue
+        loo = leave_one_frame_out(models[c], models[t], frame_of_image or {})
         models[c].transform(sim)
         steps.append({"cluster": c, "onto": t, "shared_images": n, "aligned": True, "scale": float(sim.scale),
+                      "leave_one_frame_out_m": loo,
                       "translation_m": float(np.linalg.norm(np.asarray(sim.translation))), "sim3": sim3_dict(sim)})
     return {"reference": names[0], "steps": steps}
 
@@ -261,7 +298,7 @@ def merge_models(models: dict[str, pycolmap.Reconstruction], core_frames: dict[s
         raise InputError("sfm merge: no cluster models to merge")
     names = list(models)
     geo = _stats(shared_centre_distances(models, frame_of_image))
-    chain = chain_align(models, max_align_error_m) if align else None
+    chain = chain_align(models, max_align_error_m, frame_of_image) if align else None
     # owner of each frame: the cluster whose core holds it and that registered it, else the first
     owner: dict[int, str] = {}
     frame_name: dict[int, str] = {}
@@ -319,6 +356,9 @@ def merge_models(models: dict[str, pycolmap.Reconstruction], core_frames: dict[s
         "chain": chain,
         "shared_centres": _stats(shared_centre_distances(models, frame_of_image)),
     }
+    loo = [v for st in (chain or {}).get("steps", []) for v in (st.get("leave_one_frame_out_m") or {}).values()]
+    report["shared_centres_leave_one_frame_out"] = {
+        "num_frames": len(loo), "median_m": float(np.median(loo)) if loo else None, "max_m": float(np.max(loo)) if loo else None}
     return merged, report
 
 

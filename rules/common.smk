@@ -1,21 +1,40 @@
 # Helpers shared by every rule file.
 #
 # Paths: every artefact of a scene lives under work/{scene}/ and the finals under results/.
-# Rules name them only through W() (work files) and R() (results) below, so that a later issue
-# can split one scene into spatial clusters by inserting a {cluster} level
-# (work/{scene}/clusters/{cluster}/...) for the SfM and training rules and merging them again
-# before export, by changing these helpers instead of every rule.
+# Rules name them only through W() (work files), C() (a cluster's work files) and R()
+# (results) below.
+#
+# Clusters (issue #12, rules/cluster.smk): a scene is either one block or clustered, decided
+# when Snakemake starts (scene_is_clustered: config section `cluster` and the number of input
+# photos), never in between:
+# * one block (the default for scenes of up to cluster.max_panoramas photos): exactly the jobs
+#   and files of a workflow without clusters: sfm_map -> W("sparse"), sfm_align -> W("aligned"),
+#   train -> W("splat/splat.ply"). No clusters.json, no cluster job.
+# * clustered: checkpoint `cluster` writes W("clusters.json"); each cluster {cluster} (c0, c1,
+#   ...) gets a filtered copy of the matched database and its own map, align and train jobs,
+#   the same rules' code (`use rule ... as ..._cluster`) on C() paths
+#   (work/{scene}/clusters/{cluster}/...); sfm_merge and splat_merge then write the merged
+#   model and splat to the one-block paths W("aligned"), W("alignment.json"),
+#   W("splat/splat.ply"), W("splat/metrics.json"), so export, compress, report and publish
+#   read the same files whichever way the scene ran. The merge rules only match clustered
+#   scenes (wildcard constraint) and win over sfm_align/train there (ruleorder). Each cluster
+#   trains on its model moved by the merge's chain alignment (C("placed")), so the splats share
+#   the merged model's frame.
+# extract, pairs and match stay scene-wide (W("colmap/database.db")).
 
 import os
+import re
 
 from snakemake.exceptions import WorkflowError
 
+from splatforge_core.cluster import is_clustered
 from splatforge_core.config import scene_section
 
 SCENES = sorted(config["scenes"])
 
 wildcard_constraints:
     scene="[A-Za-z0-9_-]+",
+    cluster="[A-Za-z0-9_-]+",
 
 
 #: Where the demo capture is made (rule demo); not a scene, so no {scene} wildcard.
@@ -30,6 +49,12 @@ def scene_dir(scene):
 def W(path):
     """Wildcard pattern of a scene's work file: W("views.json") == "work/{scene}/views.json"."""
     return f"{scene_dir('{scene}')}/{path}"
+
+
+def C(path):
+    """Wildcard pattern of a cluster's work file:
+    C("sparse") == "work/{scene}/clusters/{cluster}/sparse"."""
+    return f"{scene_dir('{scene}')}/clusters/{{cluster}}/{path}"
 
 
 def R(suffix):
@@ -64,3 +89,59 @@ def demo_ground_truth_path(wildcards):
     inp = os.path.normpath(scene_input(wildcards))
     gt = os.path.join(os.path.dirname(inp), "ground_truth.json")
     return gt if inp == os.path.normpath(f"{DEMO_DIR}/capture/images") else ""
+
+
+def _scene_input_of(scene):
+    """scene_input() for a scene name (no wildcards object; '' for an unknown scene)."""
+    return (config["scenes"].get(scene) or {}).get("input", "")
+
+
+def input_image_count(scene):
+    """About how many photos a scene has, known before any job runs: the demo's configured
+    panoramas for the demo capture, else the .jpg/.jpeg files in the input folder (0 when the
+    folder does not exist yet)."""
+    inp = os.path.normpath(_scene_input_of(scene))
+    if inp == os.path.normpath(f"{DEMO_DIR}/capture/images"):
+        return int((config.get("demo") or {}).get("n_panoramas", 12))
+    try:
+        return sum(1 for e in os.scandir(inp) if e.is_file() and e.name.lower().endswith((".jpg", ".jpeg"))
+                   and not e.name.startswith("."))
+    except OSError:
+        return 0
+
+
+def scene_is_clustered(scene):
+    """Whether a scene runs per cluster (splatforge_core.cluster.is_clustered on its `cluster`
+    options and input_image_count); False reads no folder unless the options ask for it."""
+    opts = stage_options(scene, "cluster")
+    if int(opts.get("n_clusters", 0) or 0) > 1:
+        return True
+    if int(opts.get("n_clusters", 0) or 0) == 1:
+        return False
+    return is_clustered(opts, input_image_count(scene))
+
+
+#: Scenes of config.yaml that run per cluster (decided once, at start).
+CLUSTERED_SCENES = [s for s in SCENES if scene_is_clustered(s)]
+
+
+def scene_regex(names):
+    """A wildcard constraint matching exactly these scene names (nothing when empty)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+def cluster_names(wildcards):
+    """Cluster names of a clustered scene, from the `cluster` checkpoint's clusters.json."""
+    from splatforge_core.cluster import cluster_names as names_in
+
+    return names_in(checkpoints.cluster.get(scene=wildcards.scene).output.clusters)
+
+
+def per_cluster(path):
+    """Input function: that file C(path) of every cluster of a clustered scene, in the order of
+    clusters.json (the merge scripts pair them with the names read from it)."""
+
+    def files(wildcards):
+        return [C(path).format(scene=wildcards.scene, cluster=c) for c in cluster_names(wildcards)]
+
+    return files

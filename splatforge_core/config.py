@@ -195,6 +195,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("sfm.match", "splatforge_core.sfm.match:MatchOptions"),
     Section("sfm.map", "splatforge_core.sfm.mapping:MapOptions"),
     Section("align", "splatforge_core.sfm.align:AlignOptions"),
+    Section("cluster", "splatforge_core.cluster:ClusterOptions"),
     Section("export", "splatforge_core.export:ExportOptions"),
     Section("compress", "splatforge_core.codec:CodecOptions", rule_keys={"preset": _check_preset}),
     Section("train", "splatforge_core.train.options:TrainOptions"),

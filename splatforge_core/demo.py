@@ -155,7 +155,9 @@ class DemoOptions:
     """Options of the demo capture (config section ``demo``).
 
     Attributes:
-        n_panoramas: number of panoramas, 8..12 (default 12).
+        n_panoramas: number of panoramas, 8..48 (default 12; more than 12 for the clustered and
+            scaling benchmarks, issue #12: 48 fit the court at ``spacing_m`` 1.0, 24 at 1.5; a
+            path that comes too close to a wall or box is refused).
         width: panorama width in pixels, even, 256..8192 (default 2048); height = width / 2.
         seed: seed of the GPS noise and of the heading jitter (default 0). The scene itself is
             fixed.
@@ -196,7 +198,7 @@ class DemoOptions:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
                 raise InputError(f"demo option {name!r} must be a number in [{lo}, {hi}], got {v!r}")
 
-        _int("n_panoramas", 8, 12)
+        _int("n_panoramas", 8, 48)
         _int("width", 256, 8192)
         if self.width % 2:
             raise InputError(f"demo option 'width' must be even (height = width / 2), got {self.width}")
@@ -711,7 +713,7 @@ def cli(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("out_dir", help="output folder (e.g. work/demo), replaced as a whole")
     ap.add_argument("--seed", type=int, default=d.seed, help="seed of GPS noise and heading jitter (default %(default)s)")
-    ap.add_argument("--n", type=int, default=d.n_panoramas, help="number of panoramas, 8..12 (default %(default)s)")
+    ap.add_argument("--n", type=int, default=d.n_panoramas, help="number of panoramas, 8..48 (default %(default)s)")
     ap.add_argument("--width", type=int, default=d.width, help="panorama width in pixels (default %(default)s)")
     ap.add_argument("--gps-sigma", type=float, default=d.gps_sigma_m, help="GPS noise per axis, metres (default %(default)s)")
     a = ap.parse_args(argv)

@@ -283,6 +283,64 @@ def plot_positions(path: Path, manifest: dict | None, views: dict | None, alignm
     return counts
 
 
+def plot_clusters(path: Path, clusters: dict, views: dict | None, merge: dict | None = None, dpi: int = 120) -> list[str]:
+    """Top-down ENU map of a clustered scene's split (``clusters.json``, :mod:`splatforge_core.cluster`).
+
+    Frames are coloured by the cluster whose core holds them; a frame shared with other
+    clusters (a member of more than one) gets a black ring; centres are stars and the cells'
+    borders (2-D Voronoi of the centres, where each cluster's splat is cropped) are drawn on a
+    grid. Frame positions come from ``views.json``.
+
+    Returns:
+        Markdown lines: one row per cluster (core, members, shared frames) and, with the sparse
+        ``merge.json``, the shared-image centre disagreement.
+    """
+    import numpy as np
+
+    from .cluster import cell_labels
+
+    plt = _plt()
+    pos = {f["frame"]: f["enu"] for f in (views or {}).get("frames", []) if f.get("enu") is not None}
+    cl = clusters["clusters"]
+    centres = np.array([c["centre_enu"] for c in cl], dtype=np.float64)
+    count: dict[str, int] = {}
+    for c in cl:
+        for f in c["members"]:
+            count[f] = count.get(f, 0) + 1
+    fig, ax = plt.subplots(figsize=(7, 6))
+    pts = np.array(list(pos.values()), dtype=np.float64).reshape(-1, 3)
+    if len(pts) and len(cl) > 1:
+        lo, hi = np.vstack([pts[:, :2], centres[:, :2]]).min(0) - 3, np.vstack([pts[:, :2], centres[:, :2]]).max(0) + 3
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 300))
+        lab = cell_labels(np.column_stack([gx.ravel(), gy.ravel()]), centres).reshape(gx.shape)
+        ax.contour(gx, gy, lab, levels=np.arange(len(cl)) + 0.5, colors="grey", linewidths=1, linestyles="--")
+    cmap = plt.get_cmap("tab10")
+    for i, c in enumerate(cl):
+        xy = np.array([pos[f] for f in c["core"] if f in pos], dtype=np.float64).reshape(-1, 3)
+        ax.scatter(xy[:, 0], xy[:, 1], s=25, color=cmap(i % 10), label=f"{c['name']} ({len(c['core'])} core, "
+                   f"{len(c['members'])} members)")
+        ax.scatter([c["centre_enu"][0]], [c["centre_enu"][1]], marker="*", s=200, color=cmap(i % 10), edgecolors="k")
+    shared = np.array([pos[f] for f, n in count.items() if n > 1 and f in pos], dtype=np.float64).reshape(-1, 3)
+    if len(shared):
+        ax.scatter(shared[:, 0], shared[:, 1], s=80, facecolors="none", edgecolors="k", label="shared frames")
+    ax.set_xlabel("east (m)")
+    ax.set_ylabel("north (m)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(fontsize=8)
+    ax.set_title("Clusters: cores, shared frames, cell borders (--)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    rows = [[c["name"], len(c["core"]), len(c["members"]), sum(count.get(f, 0) > 1 for f in c["members"])] for c in cl]
+    lines = [md_table(["cluster", "core frames", "members", "shared frames"], rows),
+             "", f"Overlap margin {clusters.get('margin_m')} m, {clusters.get('k_neighbors')} nearest frames."]
+    sc = (merge or {}).get("shared_centres") or {}
+    if sc.get("median_m") is not None:
+        lines += ["", f"Shared images' camera centres between clusters after merging: median {sc['median_m']:.4f} m, "
+                      f"max {sc['max_m']:.4f} m over {sc['num_frames']} frame(s)."]
+    return lines
+
+
 def plot_masks(path: Path, views: dict | None, manifest: dict | None = None, max_frames: int = 2) -> list[str]:
     """Draw the sky (blue) and operator (red) labels over the first panoramas of a capture.
 
@@ -600,6 +658,12 @@ def main(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, options: dict
                 lines += [f"{counts['registered']} frame(s) registered, {counts['not_registered']} not registered.", ""]
                 lines += _alignment_text(al)
             lines += ["", "![Capture positions, top-down ENU](positions_enu.png)"]
+            clusters, _ = load_optional_json(scene_dir / "clusters.json", scene_dir)
+            if clusters and clusters.get("clusters"):
+                merge, _ = load_optional_json(scene_dir / "merge.json", scene_dir)
+                lines += ["", *plot_clusters(tmp / "clusters.png", clusters, views, merge, opts.dpi), "",
+                          "![Cluster split, top-down ENU](clusters.png)"]
+                figures.append("clusters.png")
             mask_lines = plot_masks(tmp / "masks.png", views, man)
             if mask_lines:
                 figures.append("masks.png")

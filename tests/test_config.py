@@ -39,6 +39,7 @@ CASES = {
     "sfm.match": ("max_ration", "max_ratio", ("max_ratio", "0.8")),
     "sfm.map": ("maper", "mapper", ("refine_focal_length", "yes")),
     "align": ("max_error", "max_error_m", ("max_error_m", [1.0])),
+    "cluster": ("max_panorama", "max_panoramas", ("margin_m", "ten")),
     "export": ("texture_sise", "texture_size", ("target_faces", "1e5")),
     "compress": ("zstd_levl", "zstd_level", ("zstd_level", 3.5)),
     "train": ("iteratons", "iterations", ("ssim_lambda", "abc")),

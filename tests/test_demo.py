@@ -85,7 +85,7 @@ def test_options_validation():
     with pytest.raises(InputError, match="unknown demo option"):
         demo.DemoOptions.from_dict({"n_pano": 10})
     with pytest.raises(InputError, match="n_panoramas"):
-        demo.DemoOptions(n_panoramas=20)
+        demo.DemoOptions(n_panoramas=49)
     with pytest.raises(InputError, match="width"):
         demo.DemoOptions(width=513)
     with pytest.raises(InputError, match="gps_sigma_m"):
@@ -296,7 +296,7 @@ def test_cli(tmp_path, capsys):
     g = read_json(tmp_path / "d" / "ground_truth.json")
     assert g["seed"] == 3 and g["gps_sigma_m"] == 0.5 and len(g["panoramas"]) == 8
     assert "8 panoramas" in capsys.readouterr().out
-    assert sf(["demo", str(tmp_path / "e"), "--n", "30"]) == 1  # InputError -> exit code 1
+    assert sf(["demo", str(tmp_path / "e"), "--n", "49"]) == 1  # InputError -> exit code 1
     assert not (tmp_path / "e").exists()
 
 

@@ -1,0 +1,151 @@
+# Clustered scenes (issue #12): k-means split by GPS, per-cluster map/align/train, merged model
+# and splat. Only scenes in CLUSTERED_SCENES (rules/common.smk) run these rules; a one-block
+# scene never does. The per-cluster rules are the one-block rules on the C() paths.
+
+
+checkpoint cluster:
+    input:
+        views=W("views.json"),
+    output:
+        clusters=W("clusters.json"),
+    params:
+        options=lambda wildcards: stage_options(wildcards.scene, "cluster"),
+    wildcard_constraints:
+        scene=scene_regex(CLUSTERED_SCENES),
+    benchmark:
+        W("benchmarks/cluster.tsv")
+    log:
+        W("logs/cluster.log"),
+    conda:
+        "../envs/splatforge.yaml"
+    script:
+        "../scripts/cluster.py"
+
+
+# The scene's matched database, keeping only the cluster's images (ids unchanged).
+rule sfm_cluster_database:
+    input:
+        database=W("colmap/database.db"),
+        clusters=W("clusters.json"),
+    output:
+        database=C("colmap/database.db"),
+    benchmark:
+        C("benchmarks/sfm_cluster_database.tsv")
+    log:
+        C("logs/sfm_cluster_database.log"),
+    conda:
+        "../envs/splatforge.yaml"
+    script:
+        "../scripts/sfm_cluster_database.py"
+
+
+use rule sfm_map as sfm_map_cluster with:
+    input:
+        database=C("colmap/database.db"),
+        images=W("images"),
+    output:
+        sparse=directory(C("sparse")),
+    benchmark:
+        C("benchmarks/sfm_map.tsv")
+    log:
+        C("logs/sfm_map.log"),
+
+
+use rule sfm_align as sfm_align_cluster with:
+    input:
+        sparse=C("sparse"),
+        views=W("views.json"),
+        manifest=W("manifest.json"),
+    output:
+        aligned=directory(C("aligned")),
+        report=C("alignment.json"),
+    benchmark:
+        C("benchmarks/sfm_align.tsv")
+    log:
+        C("logs/sfm_align.log"),
+
+
+# Merged model at the one-block paths, so export and report read it unchanged.
+rule sfm_merge:
+    input:
+        clusters=W("clusters.json"),
+        aligned=per_cluster("aligned"),
+        reports=per_cluster("alignment.json"),
+        views=W("views.json"),
+    output:
+        aligned=directory(W("aligned")),
+        report=W("alignment.json"),
+        merge=W("merge.json"),
+    wildcard_constraints:
+        scene=scene_regex(CLUSTERED_SCENES),
+    benchmark:
+        W("benchmarks/sfm_merge.tsv")
+    log:
+        W("logs/sfm_merge.log"),
+    conda:
+        "../envs/splatforge.yaml"
+    script:
+        "../scripts/sfm_merge.py"
+
+
+# A cluster's model moved by its chain alignment (merge.json): every cluster trains in the
+# merged model's frame, so the cropped splats fit together.
+rule sfm_place_cluster:
+    input:
+        aligned=C("aligned"),
+        merge=W("merge.json"),
+    output:
+        placed=directory(C("placed")),
+    benchmark:
+        C("benchmarks/sfm_place_cluster.tsv")
+    log:
+        C("logs/sfm_place_cluster.log"),
+    conda:
+        "../envs/splatforge.yaml"
+    script:
+        "../scripts/sfm_place_cluster.py"
+
+
+use rule train as train_cluster with:
+    input:
+        aligned=C("placed"),
+        images=W("images"),
+        masks=W("masks"),
+        views=W("views.json"),
+    output:
+        splat=C("splat/splat.ply"),
+        metrics=C("splat/metrics.json"),
+    params:
+        out_dir=C("splat"),
+        options=lambda wildcards: stage_options(wildcards.scene, "train"),
+    benchmark:
+        C("benchmarks/train.tsv")
+    log:
+        C("logs/train.log"),
+
+
+# Merged splat (each cluster cropped to its Voronoi cell) at the one-block paths.
+rule splat_merge:
+    input:
+        clusters=W("clusters.json"),
+        splats=per_cluster("splat/splat.ply"),
+        metrics=per_cluster("splat/metrics.json"),
+        views=W("views.json"),
+    output:
+        splat=W("splat/splat.ply"),
+        metrics=W("splat/metrics.json"),
+        merge=W("splat/merge.json"),
+    wildcard_constraints:
+        scene=scene_regex(CLUSTERED_SCENES),
+    benchmark:
+        W("benchmarks/splat_merge.tsv")
+    log:
+        W("logs/splat_merge.log"),
+    conda:
+        "../envs/splatforge.yaml"
+    script:
+        "../scripts/splat_merge.py"
+
+
+ruleorder: sfm_merge > sfm_align
+ruleorder: splat_merge > train

@@ -31,31 +31,35 @@ def test_native_stderr_goes_to_the_log_file(tmp_path, capfd):
     assert "after the context" in err and "fd 2 restored" in err
 
 
-def _smk(tmp_path, rule="demo_rule"):
-    return SimpleNamespace(log=[str(tmp_path / "rule.log")], rule=rule)
+def _smk(tmp_path, monkeypatch, rule="demo_rule"):
+    """A rule's ``snakemake`` object as run_stage reads it, in a working directory of its own
+    (run_stage refuses log and output paths outside work/ and results/)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir(exist_ok=True)
+    return SimpleNamespace(output=[], log=["work/rule.log"], rule=rule)
 
 
-def test_stage_error_is_one_line_without_traceback(tmp_path, capfd):
+def test_stage_error_is_one_line_without_traceback(tmp_path, capfd, monkeypatch):
     """A SplatForgeError ends the rule with exit status 1: its message on the console and in the log."""
 
     def fail(_module):
         raise InputError("/photos/a.jpg: not a JPEG file; remove it or convert it")
 
     with pytest.raises(SystemExit) as e:
-        run_stage(_smk(tmp_path), sys.modules[__name__], fail)
+        run_stage(_smk(tmp_path, monkeypatch), sys.modules[__name__], fail)
     assert e.value.code == 1
     _, err = capfd.readouterr()
     assert "/photos/a.jpg: not a JPEG file" in err and "Traceback" not in err
-    assert "/photos/a.jpg: not a JPEG file" in (tmp_path / "rule.log").read_text()
+    assert "/photos/a.jpg: not a JPEG file" in (tmp_path / "work" / "rule.log").read_text()
 
 
-def test_bug_keeps_its_traceback_in_the_log_file(tmp_path, capfd):
+def test_bug_keeps_its_traceback_in_the_log_file(tmp_path, capfd, monkeypatch):
     """An unexpected exception (a bug) propagates; its traceback is kept in the rule's log file."""
 
     def bug(_module):
         return {}["missing"]
 
     with pytest.raises(KeyError):
-        run_stage(_smk(tmp_path), sys.modules[__name__], bug)
-    text = (tmp_path / "rule.log").read_text()
+        run_stage(_smk(tmp_path, monkeypatch), sys.modules[__name__], bug)
+    text = (tmp_path / "work" / "rule.log").read_text()
     assert "Traceback" in text and "KeyError" in text

@@ -65,6 +65,30 @@ def disk_full_error(path: str | os.PathLike, exc: BaseException) -> DiskFullErro
                          f"disk) and rerun")
 
 
+def require_free_space(path: str | os.PathLike, need_bytes: int, what: str) -> None:
+    """Stop with a :class:`DiskFullError` before a native stage that cannot report a full disk.
+
+    COLMAP (pycolmap's SIFT extraction, matching, mapping) aborts the process with a native
+    stack dump when a write fails, so the SfM stages check the free space against an estimate
+    of what they will write first.
+
+    Args:
+        path: the output about to be written (its folder's file system is checked).
+        need_bytes: the estimated size of what will be written, bytes.
+        what: what is written, for the message (e.g. ``"SIFT features of 216 images"``).
+
+    Raises:
+        DiskFullError: less than ``need_bytes`` free where ``path`` goes.
+    """
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise DiskFullError(f"{path}: not enough disk space for {what}: about {need_bytes / 2**20:.0f} MiB needed, "
+                            f"{free / 2**20:.0f} MiB free in {folder}; free some space (or move work/ to a bigger "
+                            f"disk) and rerun")
+
+
 @contextlib.contextmanager
 def reporting_disk_full(path: str | os.PathLike) -> Iterator[None]:
     """Turn a full-disk ``OSError`` raised in the block into a :class:`DiskFullError` naming ``path``.

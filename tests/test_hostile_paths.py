@@ -297,3 +297,26 @@ def test_kill_during_project_then_rerun_leaves_nothing(pano_path, tmp_path):
     views = json.loads((work / "views.json").read_text())
     names = [n for fr in views["frames"] for n in fr["images"].values()]
     assert len(names) == 18 and all((work / "images" / n).is_file() for n in names)
+
+
+@pytest.mark.hostile(cls="disk_full", expect="clear_error")
+def test_disk_full_before_sift_extraction(small_disk, tmp_path, lund_dir):
+    """COLMAP aborts natively on a failed write, so SfM checks the free space first: a clear
+    error naming the database, before pycolmap runs, and nothing left on the small disk."""
+    import shutil
+
+    from splatforge_core import ingest, project
+    from splatforge_core.io import DiskFullError
+    from splatforge_core.sfm import extract
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(lund_dir.glob("*.jpg"))[:3]:
+        shutil.copy(p, photos / p.name)
+    ingest.main(photos, tmp_path / "manifest.json", {})
+    project.main(tmp_path / "manifest.json", tmp_path / "images", tmp_path / "views.json", {})
+    dest = small_disk / "colmap" / "features.db"
+    with pytest.raises(DiskFullError) as e:
+        extract.main(tmp_path / "images", tmp_path / "views.json", dest, {})
+    assert str(dest) in str(e.value) and "not enough disk space" in str(e.value)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []

@@ -27,7 +27,7 @@ import numpy as np
 import pycolmap
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, require_free_space
 from ..log import get_logger
 from ..options import build_options
 from . import DEVICES, colmap_device, is_rig_frame, load_views, remove_stale_temporaries
@@ -234,6 +234,9 @@ def main(
     ext.sift.max_num_features = opts.max_num_features
     ext.use_gpu = opts.device == "cuda" or (opts.device == "auto" and bool(pycolmap.has_cuda))
     cfg = rig_config(views)
+    # keypoints (6 float32) + descriptors (128 uint8) per feature, and the masks
+    require_free_space(features_path, len(names) * (opts.max_num_features * (24 + 128) + 2**20) + 2**24,
+                       f"the SIFT features of {len(names)} images")
 
     with atomic_path(features_path) as tmp:
         with pycolmap.Database.open(tmp) as db:

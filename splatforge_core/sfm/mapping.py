@@ -30,7 +30,7 @@ from typing import Callable
 import pycolmap
 
 from ..errors import InputError, SplatForgeError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, require_free_space, write_json
 from ..log import get_logger
 from ..options import build_options
 
@@ -205,6 +205,8 @@ def main(
     database_path, images_dir, sparse_dir = Path(database_path), Path(images_dir), Path(sparse_dir)
     n_images, rig = check_database(database_path)
     sparse_dir.parent.mkdir(parents=True, exist_ok=True)
+    # the models (points, tracks, poses) are far smaller than the database they come from
+    require_free_space(sparse_dir, database_path.stat().st_size // 2 + 2**24, f"the sparse model of {database_path}")
     with tempfile.TemporaryDirectory(prefix=".map.", dir=sparse_dir.parent) as scratch:
         try:
             recs = run_mapper(database_path, images_dir, Path(scratch), opts, rig)

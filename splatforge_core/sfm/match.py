@@ -24,7 +24,7 @@ from pathlib import Path
 import pycolmap
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, require_free_space
 from ..log import get_logger
 from ..options import build_options
 from . import DEVICES, colmap_device, read_pairs, remove_stale_temporaries
@@ -140,6 +140,9 @@ def main(
     remove_stale_temporaries(database_path)
     if database_path.exists():
         database_path.unlink()  # redo from scratch, never half-reused
+    # a copy of the features database plus the matches and two-view geometries (at most as big)
+    require_free_space(database_path, 2 * Path(features_path).stat().st_size + 2**24,
+                       f"a copy of {features_path} with its matches")
     with atomic_path(database_path) as tmp:
         shutil.copyfile(features_path, tmp)
         pycolmap.match_image_pairs(tmp, matching_options=mopts, pairing_options=popts,

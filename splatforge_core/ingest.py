@@ -155,6 +155,13 @@ class IngestOptions:
         alt_min_m, alt_max_m: physically plausible altitude range in metres; a fix outside it is
             an outlier whatever the others say (default -500 m, below the Dead Sea shore at
             -430 m, to 10,000 m, above Mount Everest at 8,849 m).
+        min_side_px: an image whose shorter side has fewer pixels is skipped (default 64: SIFT
+            finds too few features below that to match views; the projected pinhole views of a
+            panorama are far larger).
+        max_extent_m: the kept GPS positions must lie within this horizontal extent, metres
+            (default 50,000: a walk, a drive or a drone survey; photos spread wider than that
+            are not one capture, or their GPS is wrong, and no outlier rule can tell which
+            half is right), else :class:`InputError` naming the files and positions.
     """
 
     require_gps: bool = True
@@ -169,6 +176,8 @@ class IngestOptions:
     alt_outlier_floor_m: float = field(default=100.0, metadata={"min": 0, "max": 1e5})
     alt_min_m: float = field(default=-500.0, metadata={"min": -1e5, "max": 1e5})
     alt_max_m: float = field(default=10_000.0, metadata={"min": -1e5, "max": 1e5})
+    min_side_px: int = field(default=64, metadata={"min": 1, "max": 65535})
+    max_extent_m: float = field(default=50_000.0, metadata={"gt": 0})
 
     def __post_init__(self) -> None:
         for f in ("require_gps", "allow_mixed", "check_decode", "equirect_by_aspect"):
@@ -178,20 +187,7 @@ class IngestOptions:
             raise InputError(f"ingest option 'min_images' must be an integer >= 1, got {self.min_images!r}")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or not 1 <= self.max_pixels <= 2**40:
             raise InputError(f"ingest option 'max_pixels' must be an integer in [1, 2**40], got {self.max_pixels!r}")
-        ranges = {
-            "aspect_tolerance": (0.0, 0.5, False),
-            "gps_outlier_k": (1.0, 1e6, True),
-            "gps_outlier_floor_m": (0.0, 2.1e7, True),
-            "alt_outlier_floor_m": (0.0, 1e5, True),
-            "alt_min_m": (-1e5, 1e5, True),
-            "alt_max_m": (-1e5, 1e5, True),
-        }
-        for f, (lo, hi, hi_incl) in ranges.items():
-            v = getattr(self, f)
-            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and lo <= v
-            ok = ok and (v <= hi if hi_incl else v < hi)
-            if not ok:
-                raise InputError(f"ingest option {f!r} must be a number in [{lo:g}, {hi:g}{']' if hi_incl else ')'}, got {v!r}")
+        # the numeric ranges are field metadata, checked by options.build_options
         if self.alt_min_m >= self.alt_max_m:
             raise InputError(f"ingest options: alt_min_m ({self.alt_min_m}) must be below alt_max_m ({self.alt_max_m})")
 
@@ -546,6 +542,9 @@ def _check_pixels(path: Path, frame: JpegFrame, opts: IngestOptions) -> str | No
             f"{opts.max_pixels / 1e6:g} MP (ingest.max_pixels; a decompression bomb, or a real image "
             f"to downscale, or raise ingest.max_pixels)"
         )
+    if min(w, h) < opts.min_side_px:
+        return (f"image too small: {w}x{h} px, the shorter side under {opts.min_side_px} px finds too few SIFT "
+                f"features to match (ingest.min_side_px); use the full-size photo")
     if frame.marker not in _SOF_SUPPORTED or frame.precision != 8:
         kind = "lossless" if frame.marker in (0xC3, 0xC7, 0xCB, 0xCF) else "hierarchical" if frame.marker in (
             0xC5, 0xC6, 0xCD, 0xCE) else "DCT"
@@ -639,6 +638,10 @@ def _read_one(path: Path, opts: IngestOptions, seen: dict[str, str] | None = Non
                 f"{full_w}x{full_h}); only full 360x180 panoramas are supported",
                 sha256=sha,
             )
+        if abs(width / height - 2.0) > 2.0 * opts.aspect_tolerance:
+            return _Read(reason=f"its GPano XMP says equirectangular but it is {width}x{height} px "
+                         f"({width / height:.2f}:1, not 2:1): a cropped or wrongly stitched panorama; export the "
+                         f"full 360x180 panorama", sha256=sha)
         kind = "equirectangular"
     elif opts.equirect_by_aspect and abs(width / height - 2.0) <= 2.0 * opts.aspect_tolerance:
         kind = "equirectangular"
@@ -896,6 +899,13 @@ def main(
         for r, v in zip(with_fix, enu):
             r["enu"] = [float(x) for x in v]
         extent = [float(x) for x in np.ptp(enu, axis=0)]
+        horizontal = float(np.hypot(extent[0], extent[1]))
+        if horizontal > opts.max_extent_m:
+            listing = "; ".join(f"{r['name']} at {r['lat']:.6f}, {r['lon']:.6f}" for r in with_fix[:8])
+            raise InputError(
+                f"{folder}: the GPS positions span {horizontal / 1000:.1f} km, more than ingest.max_extent_m "
+                f"({opts.max_extent_m / 1000:g} km): these are not one capture, or their GPS is wrong "
+                f"({listing}{'; ...' if len(with_fix) > 8 else ''}); split the folder or fix the GPS")
 
     manifest = {
         "schema_version": SCHEMA_VERSION,

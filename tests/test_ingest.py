@@ -297,7 +297,7 @@ def test_mixed_input(lund_dir, pano_path, tmp_path):
     d = _lund(lund_dir, tmp_path / "in")
     (d / "pano.jpg").symlink_to(pano_path)
     out = tmp_path / "m.json"
-    far = {"gps_outlier_floor_m": 1e6}  # the panorama was taken 549 km from lund: no GPS outlier test here
+    far = {"gps_outlier_floor_m": 1e6, "max_extent_m": 1e6}  # the panorama was taken 549 km from lund: no GPS checks here
     with pytest.raises(InputError) as e:
         ingest.main(d, out, far)
     msg = str(e.value)
@@ -409,3 +409,37 @@ def test_grey_fill_rows():
     cmyk = np.full((32, 8, 4), 127, np.uint8)  # Pillow inverts Adobe CMYK: zero blocks read 127
     assert ingest._grey_fill_rows(cmyk) == 32
     assert ingest._grey_fill_rows(np.full((8, 8), 128, np.uint8)) == 8
+
+
+@pytest.mark.hostile(cls="gps", expect="clear_error")
+def test_positions_spread_too_far_are_one_clear_error(lund_dir, pano_path, tmp_path):
+    """Photos 549 km apart (lund and a GoPro panorama) are not one capture: one error, every file
+    named with its position, before anything is written; a wider max_extent_m accepts them."""
+    d = _lund(lund_dir, tmp_path / "in")
+    (d / "pano.jpg").symlink_to(pano_path)
+    out = tmp_path / "m.json"
+    opts = {"gps_outlier_floor_m": 1e6, "allow_mixed": True}
+    with pytest.raises(InputError, match=r"span 548\.\d km, more than ingest.max_extent_m \(50 km\)") as e:
+        ingest.main(d, out, opts)
+    assert "pano.jpg at 52.443412, 6.889934" in str(e.value) and "01.jpg at 55.69" in str(e.value)
+    assert not out.exists()
+    assert len(ingest.main(d, out, {**opts, "max_extent_m": 600_000.0})["images"]) == 4
+
+
+@pytest.mark.hostile(cls="image", expect="correct")
+def test_tiny_and_non_2to1_panoramas_are_skipped_by_name(lund_dir, shared_data, tmp_path):
+    """A 16x16 photo and a panorama whose GPano XMP says equirectangular but is 3:1 are skipped,
+    each with its reason; the rest of the capture goes on."""
+    d = _lund(lund_dir, tmp_path / "in", names=("01", "02", "03", "04"))
+    im = Image.open(d / "04.jpg")
+    im.resize((16, 16)).save(d / "04.jpg", exif=im.info.get("exif"))
+    m = ingest.main(d, tmp_path / "m.json", {})
+    reasons = {s["name"]: s["reason"] for s in m["skipped"]}
+    assert "image too small: 16x16 px" in reasons["04.jpg"] and len(m["images"]) == 3
+    pano = tmp_path / "pano"
+    pano.mkdir()
+    src = Image.open(shared_data / "geovisio360" / "1.jpg")
+    src.crop((0, 0, src.width, src.width // 3)).save(pano / "1.jpg", exif=src.info.get("exif"), xmp=src.info.get("xmp"),
+                                                       quality=90)
+    with pytest.raises(InputError, match=r"1\.jpg: its GPano XMP says equirectangular but it is 5760x1920 px \(3\.00:1"):
+        ingest.main(pano, tmp_path / "p.json", {"min_images": 1})

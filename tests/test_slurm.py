@@ -412,8 +412,8 @@ def test_tiny_workflow_on_slurm_gpu_request_scancel_retry_and_rerun(slurm, tmp_p
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
     assert "rule train:" not in out and "localrule train:" not in out, "training ran again"
-    for rule in ("export_mesh", "compress"):
-        assert f"rule {rule}:" in out, rule
+    # the cancelled export runs again (compress, submitted beside it, may have finished before the kill)
+    assert "rule export_mesh:" in out
     for rule in ("report", "publish"):  # localrules: in the Snakemake process, not in SLURM
         assert f"localrule {rule}:" in out, rule
         assert not rule_jobs(slurm, rule)

@@ -46,6 +46,19 @@ include: "rules/report.smk"
 include: "rules/publish.smk"
 
 
+# Small, quick rules run in the Snakemake process itself, also on a cluster (profiles/slurm), instead
+# of waiting in the queue: each takes < 3 s and < 700 MB (benchmarks/results/e2e.md; demo renders
+# the demo capture in 6-14 s).
+localrules:
+    all,
+    demo,
+    ingest,
+    sfm_pairs,
+    sfm_align,
+    report,
+    publish,
+
+
 # `snakemake` with no target runs the default scene (the demo); name others explicitly,
 # e.g. `snakemake --cores all results/lund.ply`.
 rule all:

@@ -145,3 +145,18 @@ def per_cluster(path):
         return [C(path).format(scene=wildcards.scene, cluster=c) for c in cluster_names(wildcards)]
 
     return files
+
+
+def cluster_threads(n):
+    """``threads:`` of a parallel rule: every core given with --cores on a local run (Snakemake caps
+    a rule's threads at --cores), and ``n`` on a cluster, where there is no --cores and ``n`` is what
+    the job asks for (sbatch --cpus-per-task; the job's Snakemake runs with the same ``n``).
+    ``--set-threads RULE=N`` (or ``set-threads:`` in a profile) overrides both."""
+
+    def threads(wildcards):
+        cores = workflow.resource_settings.cores
+        if workflow.local_exec and not workflow.remote_exec and cores is not None:
+            return cores
+        return n
+
+    return threads

@@ -15,7 +15,12 @@ rule export_mesh:
     params:
         prefix=R("_mesh"),
         options=lambda wildcards: stage_options(wildcards.scene, "export"),
-    threads: workflow.cores
+    # Measured: 56-152 s and 1.2-3.0 GB peak (demo splat, 1M-Gaussian sphere; export.md, e2e.md):
+    # about 2.5 GB plus 4 bytes per byte of the splat PLY (248 MB for 1M SH-3 Gaussians).
+    threads: cluster_threads(4)
+    resources:
+        mem_mb=lambda wildcards, input, attempt: int(2500 + 4 * input.size_mb) * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
     benchmark:
         W("benchmarks/export_mesh.tsv")
     log:

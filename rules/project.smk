@@ -11,7 +11,13 @@ rule project:
         views=W("views.json"),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "project"),
-    threads: workflow.cores
+    # Resources (SLURM profile; measured in benchmarks/results/e2e.md, sfm.md): 0.3-2.2 s and
+    # 137-209 MB peak on the demo (12 panoramas 2048 px); a 5760 px GoPro panorama is 50 MB decoded
+    # and each worker holds one with its maps, so 2 GB per 4 workers. Doubled on each retry.
+    threads: cluster_threads(4)
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
     benchmark:
         W("benchmarks/project.tsv")
     log:

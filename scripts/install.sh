@@ -15,9 +15,21 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libassimp\.so\.5'; then
   fi
 fi
 
+# tests/test_slurm.py starts a real one-node SLURM (Debian's slurm-wlm and munge); CI installs them
+# here, a developer's machine when that test first runs (it installs them itself when root).
+# Running on a cluster needs neither: only snakemake-executor-plugin-slurm (a dependency below).
+if [ "${CI:-}" = true ] && ! command -v slurmctld >/dev/null 2>&1 && ! [ -x /usr/sbin/slurmctld ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[install] CI: installing Debian slurm-wlm and munge (tests/test_slurm.py)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+  else
+    echo "[install] WARNING: CI without root/apt-get: tests/test_slurm.py will be skipped" >&2
+  fi
+fi
+
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # The machines this project runs on carry a cached CPU build of torch 2.13.0 for pip.
 "$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e ".[test]" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-"$VENV/bin/python" -c "import torch, pycolmap, gsplat, snakemake; print('[install] torch', torch.__version__, 'pycolmap', pycolmap.__version__, 'gsplat', gsplat.__version__)"
+"$VENV/bin/python" -c "import torch, pycolmap, gsplat, snakemake, snakemake_executor_plugin_slurm; print('[install] torch', torch.__version__, 'pycolmap', pycolmap.__version__, 'gsplat', gsplat.__version__)"

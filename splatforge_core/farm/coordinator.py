@@ -100,7 +100,8 @@ class Coordinator:
     def __init__(self, workdir: str | Path, keys_dir: str | Path, host: str = "*", port: int = 0,
                  workflow_root: str | Path | None = None, heartbeat_s: float = 1.0, timeout_s: float = 6.0,
                  max_attempts: int = 3, beacon_port: int | None = protocol.BEACON_PORT,
-                 beacon_addr: str = "255.255.255.255", version: str | None = None):
+                 beacon_addr: str = "255.255.255.255", version: str | None = None,
+                 max_members: int = archive.MAX_MEMBERS, max_bytes: int = archive.MAX_BYTES):
         self.workdir = Path(workdir).resolve()
         self.keys_dir = Path(keys_dir)
         self.host, self.port = host, port
@@ -108,6 +109,7 @@ class Coordinator:
         self.heartbeat_s, self.timeout_s, self.max_attempts = heartbeat_s, timeout_s, max_attempts
         self.beacon_port, self.beacon_addr = beacon_port, beacon_addr
         self.version = version or protocol.package_version()
+        self.max_members, self.max_bytes = max_members, max_bytes
         self.code = protocol.code_hash()
         self.wf_files = protocol.workflow_files(self.workflow_root)
         if "Snakefile" not in self.wf_files:
@@ -458,7 +460,8 @@ class Coordinator:
             return
         folder = self.farm_dir / job.id / str(job.attempt)
         try:
-            job.assembly = archive.Assembly(folder / "result.tar", header["size"], header["nchunks"], header["sha256"])
+            job.assembly = archive.Assembly(folder / "result.tar", header["size"], header["nchunks"], header["sha256"],
+                                            max_bytes=self.max_bytes + (64 << 20))
             job.result = header
             job.t_result = time.monotonic()
         except archive.ArchiveError as e:
@@ -493,7 +496,7 @@ class Coordinator:
         folder = self.farm_dir / job.id / str(job.attempt)
         res = job.result
         try:
-            names = archive.safe_extract(folder / "result.tar", folder / "result")
+            names = archive.safe_extract(folder / "result.tar", folder / "result", self.max_members, self.max_bytes)
             allowed = job.spec.targets + job.spec.extra
             for n in names:
                 if not any(n == a or n.startswith(a.rstrip("/") + "/") for a in allowed):

@@ -205,7 +205,7 @@ class Worker:
                "--configfile", "farm_config.json", "--nolock", "--rerun-triggers", "mtime", "--", *h["targets"]]
         env = dict(os.environ)
         logf = open(job["folder"] / "snakemake.log", "wb")
-        job["proc"] = subprocess.Popen(cmd, cwd=run, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        job["proc"] = subprocess.Popen(cmd, cwd=run, stdout=logf, stderr=subprocess.STDOUT, env=env)
         job["logf"] = logf
         log.info("worker %s: job %s running: %s", self.name, h["job"], " ".join(cmd[3:]))
 
@@ -253,13 +253,11 @@ class Worker:
             return
         proc = job.get("proc")
         if proc and proc.poll() is None:
-            import signal
-
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.terminate()  # Snakemake stops its running job on SIGTERM
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
         if job.get("logf"):
             job["logf"].close()
         shutil.rmtree(job["folder"], ignore_errors=True)

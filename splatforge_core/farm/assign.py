@@ -33,8 +33,13 @@ def assign(jobs: dict[str, float], workers: dict[str, float], busy_s: dict[str, 
             out[j] = free.pop(0)
         return out
     prob = pulp.LpProblem("farm_makespan", pulp.LpMinimize)
-    x = {(j, w): pulp.LpVariable(f"x_{i}_{k}", cat="Binary") for i, j in enumerate(jobs) for k, w in enumerate(workers)}
-    t = pulp.LpVariable("makespan", lowBound=0)
+    var = getattr(prob, "add_variable", None)  # PuLP >= 3.3; LpVariable() before (deprecated there)
+
+    def new_var(name, **kw):
+        return var(name, **kw) if var else pulp.LpVariable(name, **kw)
+
+    x = {(j, w): new_var(f"x_{i}_{k}", cat="Binary") for i, j in enumerate(jobs) for k, w in enumerate(workers)}
+    t = new_var("makespan", lowBound=0)
     prob += t
     n_start = min(len(jobs), sum(slots.get(w, 1) for w in workers))
     prob += pulp.lpSum(x.values()) == n_start

@@ -309,7 +309,9 @@ class Coordinator:
             header, payload = protocol.decode([f.bytes for f in frames[1:]])
         except protocol.ProtocolError as e:
             log.warning("farm: message from %s refused: %s", peer.name if peer else f"key {key[:8]}", e)
-            self._drop(sock, ident, f"protocol error: {e}")
+            self._send(sock, ident, "refused", reason=f"protocol error: {str(e)[:300]}")
+            if peer is not None:
+                self._lose_peer(peer, f"protocol error: {e}")
             return
         kind = header["type"]
         if peer is None:
@@ -336,14 +338,6 @@ class Coordinator:
             self._on_chunk(sock, peer, header, payload)
         else:
             log.warning("farm: unexpected %s message from worker %r ignored", kind, peer.name)
-
-    def _drop(self, sock, ident: bytes, why: str) -> None:
-        """Forget a peer (its job is offered again) and tell it why."""
-        peer = self._peers.get(ident)
-        if peer is None:
-            return
-        self._send(sock, ident, "refused", reason=why)
-        self._lose_peer(peer, why)
 
     def _lose_peer(self, peer: _Peer, why: str) -> None:
         with self._lock:
@@ -465,7 +459,7 @@ class Coordinator:
             job.result = header
             job.t_result = time.monotonic()
         except archive.ArchiveError as e:
-            self._refuse_result(peer, job, str(e))
+            self._refuse_result(sock, peer, job, str(e))
 
     def _on_chunk(self, sock, peer: _Peer, header: dict, payload: bytes) -> None:
         job = self._current(peer, header)
@@ -476,21 +470,26 @@ class Coordinator:
         try:
             complete = job.assembly.add(header["seq"], payload)
         except archive.ArchiveError as e:
-            self._refuse_result(peer, job, str(e))
+            self._refuse_result(sock, peer, job, str(e))
             return
         if complete:
             self.stats["bytes_in"] += job.assembly.size
             self.stats["transfer_s"] += time.monotonic() - job.t_result
-            self._install(peer, job)
+            self._install(sock, peer, job)
 
-    def _refuse_result(self, peer: _Peer, job: _Job, why: str) -> None:
-        log.warning("farm: result of job %s (%s) attempt %d from worker %r refused: %s", job.id, job.spec.rule,
-                    job.attempt, peer.name, why)
-        with self._lock:
+    def _refuse_result(self, sock, peer: _Peer, job: _Job, why: str) -> None:
+        log.warning("farm: result of job %s (%s) attempt %d from worker %r refused: %s; worker dropped", job.id,
+                    job.spec.rule, job.attempt, peer.name, why)
+        if job.assembly:
+            job.assembly.close()
+        shutil.rmtree(self.farm_dir / job.id / str(job.attempt), ignore_errors=True)  # received archive and extraction
+        with self._lock:  # a worker that sent a bad result is not trusted with the job again
+            self._peers.pop(peer.ident, None)
             peer.job = None
             self._requeue(job, f"result refused: {why}")
+        self._send(sock, peer.ident, "refused", reason=f"result of job {job.id} refused: {why[-300:]}")
 
-    def _install(self, peer: _Peer, job: _Job) -> None:
+    def _install(self, sock, peer: _Peer, job: _Job) -> None:
         """Extract a complete result safely and move the declared files into the working directory."""
         t0 = time.monotonic()
         folder = self.farm_dir / job.id / str(job.attempt)
@@ -506,7 +505,7 @@ class Coordinator:
                 if missing:
                     raise archive.ArchiveError(f"{folder / 'result.tar'}: declared outputs missing: {missing}")
         except archive.ArchiveError as e:
-            self._refuse_result(peer, job, str(e))
+            self._refuse_result(sock, peer, job, str(e))
             return
         for rel in allowed:
             src = folder / "result" / rel

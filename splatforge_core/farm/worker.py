@@ -97,6 +97,7 @@ class Worker:
         s.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MSG_BYTES)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.LINGER, 2000)
+        s.setsockopt(zmq.SNDTIMEO, 10000)  # a DEALER blocks on send while no connection is up
         for ep in self._endpoints():
             s.connect(ep)
         self.sock = s
@@ -106,7 +107,11 @@ class Worker:
         self.welcomed = False
 
     def _send(self, kind: str, payload: bytes | None = None, **fields) -> None:
-        self.sock.send_multipart(protocol.encode(kind, payload, **fields), copy=False)
+        try:
+            self.sock.send_multipart(protocol.encode(kind, payload, **fields), copy=False)
+        except zmq.Again:
+            log.warning("worker %s: %s not sent: no connection to the coordinator (wrong coordinator key, or it is down)",
+                        self.name, kind)
 
     def run(self) -> int:
         """Serve jobs until ``max_jobs`` are done (None: forever); 1 when refused by the coordinator.

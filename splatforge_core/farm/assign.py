@@ -5,6 +5,8 @@ its speed). One ready job or one free worker: the first free worker (fastest fir
 
 from __future__ import annotations
 
+import warnings
+
 import pulp
 
 
@@ -50,5 +52,7 @@ def assign(jobs: dict[str, float], workers: dict[str, float], busy_s: dict[str, 
         prob += busy_s.get(w, 0.0) + pulp.lpSum(x[j, w] * jobs[j] / workers[w] for j in jobs) <= t
     # started jobs should be the big ones: a tiny tie-break reward on started cost
     prob.setObjective(t - 1e-6 * pulp.lpSum(x[j, w] * jobs[j] for j in jobs for w in workers))
-    prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=5))
+    with warnings.catch_warnings():  # PuLP 3.3 deprecates its bundled CBC (still shipped, still what works offline)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=5))
     return {j: w for (j, w), v in x.items() if v.value() is not None and v.value() > 0.5}

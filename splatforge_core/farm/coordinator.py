@@ -123,7 +123,9 @@ class Coordinator:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.stats = {"overhead_s": [], "bytes_in": 0, "bytes_out": 0, "transfer_s": 0.0}
+        #: coordinator-side seconds per job (packing + sending an offer; checking + installing a result), bytes and
+        #: seconds of archive transfer
+        self.stats = {"offer_s": [], "overhead_s": [], "bytes_in": 0, "bytes_out": 0, "transfer_s": 0.0}
 
     # -- public API (any thread) --------------------------------------------------------------
 
@@ -433,6 +435,7 @@ class Coordinator:
         self.stats["bytes_out"] += size
         self.stats["transfer_s"] += time.monotonic() - t1
         tar.unlink()
+        self.stats["offer_s"].append(time.monotonic() - t0)
         log.info("farm: job %s (%s %s) attempt %d -> worker %r (%d bytes in %.2f s)", job.id, job.spec.rule,
                  " ".join(job.spec.targets), job.attempt, peer.name, size, time.monotonic() - t0)
         if not ok:

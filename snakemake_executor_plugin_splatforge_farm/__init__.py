@@ -38,7 +38,7 @@ class ExecutorSettings(ExecutorSettingsBase):
     farm_rules: str = field(default="train,train_cluster", metadata={
         "help": "comma-separated rules sent to workers; all others run locally", "env_var": False})
     heartbeat: float = field(default=1.0, metadata={"help": "seconds between heartbeats", "env_var": False})
-    timeout: float = field(default=10.0, metadata={"help": "seconds of worker silence before its job is offered again",
+    timeout: float = field(default=20.0, metadata={"help": "seconds of worker silence before its job is offered again",
                                                   "env_var": False})
     max_attempts: int = field(default=3, metadata={"help": "offers of one job before it fails", "env_var": False})
 

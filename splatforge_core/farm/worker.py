@@ -284,7 +284,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--workflow", type=Path,
                     help="this machine's Splat Forge checkout; refused when its workflow differs from the coordinator's")
     ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats (default %(default)s)")
-    ap.add_argument("--timeout", type=float, default=6.0, help="seconds of coordinator silence before reconnecting")
+    ap.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds of coordinator silence before reconnecting (default %(default)s; it is silent while packing big inputs)")
     ap.add_argument("--max-jobs", type=int, help="exit after this many jobs (tests, benchmarks)")
     a = ap.parse_args(argv)
     for p in (a.keys, a.server_key):

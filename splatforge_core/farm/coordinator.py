@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class _Job:
     spec: JobSpec
     state: str = "queued"  # queued | running | done | failed
     attempt: int = 0
+    first_attempt: int = 1  # attempt of this submission's first offer (a resubmitted failed job keeps counting)
     worker: bytes | None = None
     message: str = ""
     assembly: archive.Assembly | None = None
@@ -165,7 +167,8 @@ class Coordinator:
         with self._lock:
             job = self._jobs.get(jid)
             if job is None or job.state == "failed":
-                self._jobs[jid] = _Job(jid, spec, attempt=job.attempt if job else 0)
+                done = job.attempt if job else 0
+                self._jobs[jid] = _Job(jid, spec, attempt=done, first_attempt=done + 1)
         return jid
 
     def state(self, jid: str) -> tuple[str, str]:
@@ -353,8 +356,8 @@ class Coordinator:
         if job.assembly:
             job.assembly.close()
         job.assembly, job.worker = None, None
-        if job.attempt >= self.max_attempts:
-            job.state, job.message = "failed", f"{why}; gave up after {job.attempt} attempts"
+        if job.attempt - job.first_attempt + 1 >= self.max_attempts:
+            job.state, job.message = "failed", f"{why}; gave up after {job.attempt - job.first_attempt + 1} attempts"
             log.error("farm: job %s (%s) failed: %s", job.id, job.spec.rule, job.message)
         else:
             job.state, job.message = "queued", why
@@ -408,8 +411,6 @@ class Coordinator:
             (stage / "farm_config.json").write_text(json.dumps(job.spec.config, default=str))
             tar = folder / "inputs.tar"
             # inputs are archived from the working directory, the workflow and config from the stage
-            import tarfile
-
             with tarfile.open(tar, "w", dereference=True) as t:
                 for rel in ["wf", "farm_config.json"]:
                     t.add(stage / rel, arcname=rel)

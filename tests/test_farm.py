@@ -477,3 +477,25 @@ def test_assignment_spreads_equal_jobs_and_gives_the_big_job_to_the_fast_worker(
     assert assign.assign({"j": 1.0}, {"slow": 1.0, "fast": 2.0}) == {"j": "fast"}
     # more jobs than workers: as many start as there are free workers
     assert len(assign.assign({f"j{i}": 1.0 for i in range(5)}, {"w1": 1.0, "w2": 1.0})) == 2
+
+
+@pytest.mark.hostile(cls="farm", expect="clear_error")
+def test_job_fails_with_a_clear_message_after_max_attempts_of_bad_results(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="splatforge")
+    farm = Farm(tmp_path, max_attempts=2)
+    try:
+        jid = farm.coord.submit(farm.spec("a"))
+        for _ in range(2):  # a refused worker is dropped: it comes back on a new connection
+            s = client(farm)
+            hello(s)
+            assert recv(s, 5)[0]["type"] == "welcome"
+            _hostile_result(farm, s, HOSTILE["symlink"][0]())
+            wait_for(lambda: farm.coord.state(jid)[0] != "running", 10, "the refusal")
+            s.close()
+        state, message = farm.coord.state(jid)
+        assert state == "failed" and "gave up after 2 attempts" in message and "is a link" in message
+        assert "failed: result refused" in caplog.text
+        # Snakemake's own retry submits it again: new offers, attempt numbers keep counting
+        assert farm.coord.submit(farm.spec("a")) == jid and farm.coord.state(jid)[0] == "queued"
+    finally:
+        farm.close()

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compress": ("splatforge_core.codec.cli", "cli_compress", "compress a splat PLY with a codec preset"),
     "decompress": ("splatforge_core.codec.cli", "cli_decompress", "restore a compressed splat PLY"),
     "info": ("splatforge_core.codec.cli", "cli_info", "print a splat PLY's layout"),
+    "worker": ("splatforge_core.farm.worker", "cli", "serve LAN farm jobs for a coordinator (CurveZMQ, UDP beacons)"),
+    "farm": ("splatforge_core.farm.cli", "cli", "LAN farm: `farm keys DIR` (certificates), `farm status` (peers, jobs)"),
 }
 
 

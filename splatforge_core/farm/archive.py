@@ -1,0 +1,184 @@
+"""Archives of the farm: packing files into a tar, cutting it into sha256-checked chunks,
+reassembling them, and extracting a received archive safely.
+
+Safe extraction (:func:`safe_extract`): every member is checked before anything is written
+(regular files and folders only: no symbolic or hard links, devices, FIFOs; relative paths without
+``..``; at most ``max_members`` members and ``max_bytes`` bytes in all), then ``tarfile``'s
+``data`` filter extracts into a fresh temporary folder beside the destination, which is renamed
+into place only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from ..errors import SplatForgeError
+from .protocol import CHUNK_BYTES
+
+#: Default extraction caps (a result of one training job is a PLY of some 100 MB plus logs).
+MAX_MEMBERS = 200_000
+MAX_BYTES = 64 << 30
+
+
+class ArchiveError(SplatForgeError):
+    """A received archive that is refused (bad checksum, unsafe member, over a cap)."""
+
+
+def pack(root: str | Path, relpaths: list[str], out: str | Path) -> tuple[int, str]:
+    """Write an uncompressed tar of ``relpaths`` (files or folders, relative to ``root``) to ``out``.
+
+    Symbolic links are followed (their targets are stored as files). Returns (size in bytes,
+    sha256 hex) of the archive.
+
+    Raises:
+        ArchiveError: a path is absolute, leaves ``root`` or does not exist.
+    """
+    root = Path(root)
+    with tarfile.open(out, "w", dereference=True) as tar:
+        for rel in relpaths:
+            check_member_name(rel, where=str(out))
+            src = root / rel
+            if not src.exists():
+                raise ArchiveError(f"{src}: file to send does not exist")
+            tar.add(src, arcname=PurePosixPath(rel).as_posix())
+    return os.path.getsize(out), file_sha256(out)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chunks(path: str | Path, size: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes, str]]:
+    """(seq, bytes, sha256 hex) of consecutive pieces of a file of at most ``size`` bytes."""
+    with open(path, "rb") as f:
+        seq = 0
+        while True:
+            data = f.read(size)
+            if not data and seq > 0:
+                return
+            yield seq, data, hashlib.sha256(data).hexdigest()
+            seq += 1
+            if len(data) < size:
+                return
+
+
+def n_chunks(nbytes: int, size: int = CHUNK_BYTES) -> int:
+    """Number of pieces :func:`chunks` yields for a file of ``nbytes`` (at least 1)."""
+    return max(1, -(-nbytes // size))
+
+
+class Assembly:
+    """An archive being received chunk by chunk into ``path`` (in order; each chunk's sha256 is
+    checked by :func:`splatforge_core.farm.protocol.decode`, the whole one here)."""
+
+    def __init__(self, path: str | Path, size: int, nchunks: int, sha256: str, max_bytes: int = MAX_BYTES):
+        if size > max_bytes:
+            raise ArchiveError(f"{path}: announced archive of {size} bytes over the cap of {max_bytes}")
+        if nchunks != n_chunks(size):
+            raise ArchiveError(f"{path}: {nchunks} chunks announced for {size} bytes (expected {n_chunks(size)})")
+        self.path, self.size, self.nchunks, self.sha256 = Path(path), size, nchunks, sha256
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "wb")
+        self._h = hashlib.sha256()
+        self.next_seq = 0
+        self.received = 0
+
+    def add(self, seq: int, data: bytes) -> bool:
+        """Append chunk ``seq``; returns True when the archive is complete and its sha256 matches.
+
+        Raises:
+            ArchiveError: out-of-order chunk, more bytes than announced, or (at the end) a
+                whole-archive sha256 other than announced.
+        """
+        if seq != self.next_seq:
+            self.close()
+            raise ArchiveError(f"{self.path}: chunk {seq} arrived, {self.next_seq} expected")
+        self.received += len(data)
+        if self.received > self.size:
+            self.close()
+            raise ArchiveError(f"{self.path}: more than the announced {self.size} bytes")
+        self._f.write(data)
+        self._h.update(data)
+        self.next_seq += 1
+        if self.next_seq < self.nchunks:
+            return False
+        self.close()
+        if self.received != self.size or self._h.hexdigest() != self.sha256:
+            raise ArchiveError(f"{self.path}: archive sha256 or size differs from the announced one "
+                               f"({self.received} of {self.size} bytes); refused")
+        return True
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+def check_member_name(name: str, where: str) -> None:
+    """Refuse an archive member name that is absolute, empty or contains ``..``.
+
+    Raises:
+        ArchiveError: naming ``where`` and the member.
+    """
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or name.startswith(("/", "\\")) or ".." in p.parts or "\\" in name or "\0" in name:
+        raise ArchiveError(f"{where}: unsafe member name {name[:200]!r} (absolute or '..'); archive refused")
+
+
+def check_members(tar: tarfile.TarFile, where: str, max_members: int, max_bytes: int) -> list[tarfile.TarInfo]:
+    """All members of ``tar`` after the safety checks (see the module docstring).
+
+    Raises:
+        ArchiveError: the first unsafe member, or the member count or total size over a cap.
+    """
+    members, total = [], 0
+    for m in tar:
+        if len(members) >= max_members:
+            raise ArchiveError(f"{where}: more than {max_members} members; archive refused (tar bomb?)")
+        check_member_name(m.name, where)
+        if not (m.isfile() or m.isdir()):
+            kind = "link" if (m.issym() or m.islnk()) else "device or special file"
+            raise ArchiveError(f"{where}: member {m.name[:200]!r} is a {kind}; archive refused")
+        total += m.size
+        if total > max_bytes:
+            raise ArchiveError(f"{where}: members total more than {max_bytes} bytes; archive refused (tar bomb?)")
+        members.append(m)
+    return members
+
+
+def safe_extract(archive: str | Path, dest: str | Path, max_members: int = MAX_MEMBERS,
+                 max_bytes: int = MAX_BYTES) -> list[str]:
+    """Extract ``archive`` into the new folder ``dest`` (which must not exist); returns the
+    member names (files only, POSIX, sorted).
+
+    Raises:
+        ArchiveError: ``dest`` exists, the archive is unreadable, or a member fails a check;
+            nothing is left at ``dest`` then (the temporary folder is removed).
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists():
+        raise ArchiveError(f"{dest}: extraction folder already exists; refusing to extract {archive} over it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        try:
+            with tarfile.open(archive, "r:") as tar:
+                members = check_members(tar, str(archive), max_members, max_bytes)
+                tar.extractall(tmp, members=members, filter="data")
+        except tarfile.TarError as e:
+            raise ArchiveError(f"{archive}: not a readable tar archive ({e}); refused") from None
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(m.name for m in members if m.isfile())

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compress": ("splatforge_core.codec.cli", "cli_compress", "compress a splat PLY with a codec preset"),
     "decompress": ("splatforge_core.codec.cli", "cli_decompress", "restore a compressed splat PLY"),
     "info": ("splatforge_core.codec.cli", "cli_info", "print a splat PLY's layout"),
+    "viewer": ("splatforge_core.viewer", "cli", "offline web viewer page of a splat with the capture trajectory"),
     "convert": ("splatforge_core.formats", "cli", "convert a splat between .ply, .splat, .spz and .sog (by suffix)"),
 }
 

@@ -44,6 +44,7 @@ include: "rules/export.smk"
 include: "rules/compress.smk"
 include: "rules/report.smk"
 include: "rules/viewer.smk"
+include: "rules/video.smk"
 include: "rules/publish.smk"
 
 

@@ -156,7 +156,7 @@ def render_view(splat: dict, viewmat, K, width: int, height: int, background=(0.
 
     from .render import rasterization
 
-    t = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in splat.items() if k != "sh_degree"}
+    t = {k: torch.as_tensor(np.array(v, np.float32)) for k, v in splat.items() if k != "sh_degree"}
     deg = int(splat.get("sh_degree", 0))
     colors = torch.cat([t["sh0"].reshape(-1, 1, 3), t["shN"].reshape(len(t["means"]), -1, 3)], dim=1)
     with torch.no_grad():

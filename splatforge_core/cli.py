@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("splatforge_core.codec.cli", "cli_info", "print a splat PLY's layout"),
     "viewer": ("splatforge_core.viewer", "cli", "offline web viewer page of a splat with the capture trajectory"),
     "flythrough": ("splatforge_core.video", "cli", "fly-through MP4 of a splat along the smoothed capture trajectory"),
+    "prune": ("splatforge_core.prune", "cli", "keep the most significant fraction of a splat's Gaussians (--keep 0.25)"),
     "convert": ("splatforge_core.formats", "cli", "convert a splat between .ply, .splat, .spz and .sog (by suffix)"),
 }
 

@@ -89,6 +89,16 @@ def heldout_psnr(splat: dict, views) -> float:
     return float(np.mean(vals))
 
 
+def _subset(views: list, max_views: int) -> list:
+    """All ``views`` (``max_views`` <= 0 or >= their count), else a seeded random subset: a stride
+    over the name-sorted views would miss whole view directions of a panorama rig (on the demo, every
+    6th view gave 17.8 dB at keep 0.5 where every 3rd gave 24.3 dB)."""
+    if max_views <= 0 or max_views >= len(views):
+        return list(views)
+    idx = np.sort(np.random.default_rng(0).choice(len(views), max_views, replace=False))
+    return [views[i] for i in idx]
+
+
 def _scene(scene_dir: Path, max_side: int):
     from .train.data import load_scene
 
@@ -108,9 +118,9 @@ def prune_curve(splat: dict, data, score: np.ndarray, keeps=(1.0, 0.5, 0.25, 0.1
     return out
 
 
-def main(splat_path, out_path, keep: float, scene_dir, curve_path=None, max_side: int = 128, max_views: int = 36) -> dict:
-    """Prune ``splat_path`` to ``keep`` by significance on ``scene_dir``'s training views (every n-th,
-    at most ``max_views``, rendered at ``max_side`` pixels); write ``out_path`` (any format of
+def main(splat_path, out_path, keep: float, scene_dir, curve_path=None, max_side: int = 128, max_views: int = 0) -> dict:
+    """Prune ``splat_path`` to ``keep`` by significance on ``scene_dir``'s training views (all, or a
+    random ``max_views`` of them, rendered at ``max_side`` pixels); write ``out_path`` (any format of
     :mod:`splatforge_core.formats`) and, with ``curve_path``, the held-out PSNR curve JSON.
 
     Raises:
@@ -122,7 +132,7 @@ def main(splat_path, out_path, keep: float, scene_dir, curve_path=None, max_side
         raise InputError(f"--keep {keep}: the kept fraction must be in (0, 1]")
     splat = read_any(splat_path)
     data = _scene(Path(scene_dir), max_side)
-    train = data.train[:: max(1, -(-len(data.train) // max_views))]
+    train = _subset(data.train, max_views)
     score = significance(splat, train)
     pruned = prune_splat(splat, score, keep)
     write_any(out_path, pruned)
@@ -144,7 +154,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--scene-dir", required=True, help="the scene's work folder (work/SCENE)")
     ap.add_argument("--curve", help="also write held-out PSNR at keep 1.0, 0.5, 0.25, 0.1 to this JSON")
     ap.add_argument("--max-side", type=int, default=128, help="render size for significance and PSNR (pixels)")
-    ap.add_argument("--max-views", type=int, default=36, help="training views used for significance")
+    ap.add_argument("--max-views", type=int, default=0, help="training views used for significance (0: all)")
     a = ap.parse_args(argv)
     print(main(a.input, a.output, a.keep, a.scene_dir, a.curve, a.max_side, a.max_views))
     return 0

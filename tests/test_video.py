@@ -75,7 +75,7 @@ def test_flythrough_video_on_a_tiny_splat(tmp_path: Path):
     assert psnr(frames[0], last) < psnr(frames[0], first) - 6
 
 
-@pytest.mark.hostile(cls="formats", expect="clear_error")
+@pytest.mark.hostile(cls="video", expect="clear_error")
 def test_write_video_refuses_odd_size(tmp_path: Path):
     out = tmp_path / "odd.mp4"
     with pytest.raises(InputError) as e:

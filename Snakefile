@@ -43,6 +43,8 @@ include: "rules/cluster.smk"
 include: "rules/export.smk"
 include: "rules/compress.smk"
 include: "rules/report.smk"
+include: "rules/viewer.smk"
+include: "rules/video.smk"
 include: "rules/publish.smk"
 
 

@@ -6,7 +6,7 @@ from splatforge_core.workflow import heal_published
 
 #: Every other deliverable of a scene under results/ (suffixes of R()): publish waits for all.
 DELIVERABLES = ["_mesh.glb", "_mesh.obj", "_mesh.mtl", "_mesh.png", "_mesh.fbx",
-                ".compressed.ply", ".compressed.json", "_report"]
+                ".compressed.ply", ".compressed.json", "_report", "_viewer"]
 
 # A deliverable deleted after the scene was published is made again by the same command
 # (Snakemake alone would say "Nothing to be done" while results/{scene}.ply exists).

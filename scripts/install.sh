@@ -33,3 +33,18 @@ fi
 "$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e ".[test]" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 "$VENV/bin/python" -c "import torch, pycolmap, gsplat, snakemake, snakemake_executor_plugin_slurm; print('[install] torch', torch.__version__, 'pycolmap', pycolmap.__version__, 'gsplat', gsplat.__version__)"
+# JavaScript tools from the npm registry (versions pinned in vendor/js/package-lock.json, installed
+# into the git-ignored vendor/js/node_modules): splat-transform converts SPZ/SOG (`splatforge
+# convert`), gaussian-splats-3d + three are the viewer copied into results/{scene}_viewer/.
+if command -v npm >/dev/null 2>&1; then
+  (cd vendor/js && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error) \
+    || echo "[install] WARNING: npm ci in vendor/js failed: SPZ/SOG conversion and the viewer page will not work" >&2
+else
+  echo "[install] WARNING: npm (Node.js >= 20) not found: SPZ/SOG conversion and the viewer page will not work" >&2
+fi
+# Headless Chromium for the viewer page's browser test (tests/test_viewer.py; skipped without it).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[install] installing Debian chromium (viewer test)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "[install] WARNING: apt-get install chromium failed: the viewer browser test will be skipped" >&2
+fi

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("splatforge_core.codec.cli", "cli_info", "print a splat PLY's layout"),
     "worker": ("splatforge_core.farm.worker", "cli", "serve LAN farm jobs for a coordinator (CurveZMQ, UDP beacons)"),
     "farm": ("splatforge_core.farm.cli", "cli", "LAN farm: `farm keys DIR` (certificates), `farm status` (peers, jobs)"),
+    "viewer": ("splatforge_core.viewer", "cli", "offline web viewer page of a splat with the capture trajectory"),
+    "flythrough": ("splatforge_core.video", "cli", "fly-through MP4 of a splat along the smoothed capture trajectory"),
+    "prune": ("splatforge_core.prune", "cli", "keep the most significant fraction of a splat's Gaussians (--keep 0.25)"),
+    "convert": ("splatforge_core.formats", "cli", "convert a splat between .ply, .splat, .spz and .sog (by suffix)"),
 }
 
 

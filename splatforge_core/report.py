@@ -631,6 +631,7 @@ def main(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, options: dict
     figures: list[str] = []
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = [f"# Splat Forge report: {scene}", "", f"Scene folder `{scene_dir.resolve()}`, generated {now}.", ""]
+    md += [f"Look at it: [interactive viewer](../{scene}_viewer/index.html) (run `python -m http.server` in `results/`, open `http://localhost:8000/{scene}_viewer/`), [fly-through video](../{scene}_flythrough.mp4) (`snakemake results/{scene}_flythrough.mp4` makes it).", ""]  # noqa: E501
 
     with atomic_path(out_dir, suffix="") as tmp:
         tmp.mkdir(parents=True)

@@ -141,8 +141,9 @@ _MD_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 def missing_deliverables(paths: Sequence[str | os.PathLike]) -> list[str]:
     """The deliverables among ``paths`` that are missing or incomplete.
 
-    A file is missing when it does not exist; a folder (the run report) when it has no
-    ``report.md`` or one of the figures that ``report.md`` links to is gone.
+    A file is missing when it does not exist; a folder when it is incomplete: the run report
+    without ``report.md`` or one of the figures that ``report.md`` links to, the viewer page
+    without ``index.html``, its splat or its two scripts.
 
     Args:
         paths: deliverable files and folders of one scene (``results/{scene}_mesh.glb``, ...).
@@ -156,6 +157,9 @@ def missing_deliverables(paths: Sequence[str | os.PathLike]) -> list[str]:
             md = p / "report.md"
             ok = md.is_file() and all((p / f).is_file() for f in _MD_IMAGE.findall(md.read_text(errors="replace"))
                                       if "://" not in f)
+        elif p.name.endswith("_viewer"):  # the viewer page folder (splatforge_core.viewer)
+            ok = all((p / f).is_file() for f in ("index.html", "scene.splat", "lib/gaussian-splats-3d.module.js",
+                                                 "lib/three.module.min.js"))
         else:
             ok = p.is_file()
         if not ok:

@@ -152,7 +152,7 @@ UPSTREAM_OUTPUTS = {
     "sfm_map": ["work/scene/sparse"],
     "sfm_align": ["work/scene/aligned", "work/scene/alignment.json"],
 }
-DOWNSTREAM_RULES = ["train", "export_mesh", "compress", "report", "publish"]
+DOWNSTREAM_RULES = ["train", "export_mesh", "compress", "report", "viewer", "publish"]
 
 
 @pytest.mark.slow
@@ -256,12 +256,12 @@ def test_tiny_workflow_end_to_end(tmp_path):
     # 5. deliverables heal: deleting any of them and re-running the same command restores it,
     #    re-making only what is missing (not training), and the splat stays the same
     splat_bytes = (res / "scene.ply").read_bytes()
-    for rel in ["scene_mesh.png", "scene.compressed.ply", "scene_report/train_curve.png"]:
+    for rel in ["scene_mesh.png", "scene.compressed.ply", "scene_report/train_curve.png", "scene_viewer/scene.splat"]:
         (res / rel).unlink()
     healed = snakemake(tmp_path, f"--configfile={TINY}", "results/scene.ply")
     out = healed.stdout + healed.stderr
     assert healed.returncode == 0, out[-5000:]
-    for rel in ["scene_mesh.png", "scene.compressed.ply", "scene_report/train_curve.png"]:
+    for rel in ["scene_mesh.png", "scene.compressed.ply", "scene_report/train_curve.png", "scene_viewer/scene.splat"]:
         assert (res / rel).is_file(), f"{rel} was not restored"
     assert "rule train:" not in out and "rule sfm_map:" not in out
     assert (res / "scene.ply").read_bytes() == splat_bytes

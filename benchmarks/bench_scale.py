@@ -135,11 +135,15 @@ def collect(work: Path) -> dict:
                        "merge": stage([cls / "benchmarks" / "sfm_merge.tsv"]),
                        "train": stage([d / "benchmarks" / "train.tsv" for d in cdirs]),
                        "splat_merge": stage([cls / "benchmarks" / "splat_merge.tsv"])}
-    out["num_pairs"] = sum(1 for line in (blk / "pairs.txt").read_text().splitlines() if line.strip())
-    out["num_views"] = sum(len(f["images"]) for f in read_json(blk / "views.json")["frames"])
-    al_b, al_c = read_json(blk / "alignment.json"), read_json(cls / "alignment.json")
-    out["registered"] = {"block": al_b["num_registered_frames"], "clusters": al_c["num_registered_frames"]}
-    out["cluster_sizes"] = [len(c["members"]) for c in read_json(cls / "clusters.json")["clusters"]]
+    # a size stopped part-way (time ran out) keeps the stages it finished
+    pairs, views = blk / "pairs.txt", blk / "views.json"
+    out["num_pairs"] = sum(1 for line in pairs.read_text().splitlines() if line.strip()) if pairs.is_file() else None
+    out["num_views"] = sum(len(f["images"]) for f in read_json(views)["frames"]) if views.is_file() else None
+    al_b, al_c = blk / "alignment.json", cls / "alignment.json"
+    out["registered"] = {"block": read_json(al_b)["num_registered_frames"] if al_b.is_file() else None,
+                         "clusters": read_json(al_c)["num_registered_frames"] if al_c.is_file() else None}
+    cj = cls / "clusters.json"
+    out["cluster_sizes"] = [len(c["members"]) for c in read_json(cj)["clusters"]] if cj.is_file() else []
     return out
 
 
@@ -199,6 +203,7 @@ def table(r: dict) -> str:
               "| cluster sizes (frames) | " + " | ".join("/".join(map(str, x["cluster_sizes"])) for x in runs) + " | |",
               "| registered frames, block / clusters | " + " | ".join(
                   f"{x['registered']['block']}/{x['registered']['clusters']} of {x['n']}" for x in runs) + " | |",
+              "| run complete | " + " | ".join("no: stopped part-way" if x.get("partial") else "yes" for x in runs) + " | |",
               "| workflow wall, block / clusters (s) | " + " | ".join(
                   f"{_f(x['block_wall_s'], 0)} / {_f(x['clus_wall_s'], 0)}" for x in runs) + " | |", ""]
     return "\n".join(lines)
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="/tmp/bench_scale")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     ap.add_argument("--from-json", help="make the table from a finished run's bench_scale.json")
+    ap.add_argument("--partial", type=int, nargs="*", default=[],
+                    help="with --from-json: sizes stopped part-way whose finished stages are added from their workdir")
     a = ap.parse_args(argv)
     from splatforge_core.log import setup_logging
 
@@ -224,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             w = Path(r["args"]["workdir"]).resolve() / f"n{x['n']}"
             if w.is_dir():
                 x.update(collect(w))
+        for n in a.partial:
+            r["runs"].append({"n": n, "partial": True, "block_wall_s": None, "clus_wall_s": None,
+                              **collect(Path(r["args"]["workdir"]).resolve() / f"n{n}")})
     else:
         r = {"args": vars(a), "runs": []}
         path = Path(a.workdir).resolve() / "bench_scale.json"

@@ -173,8 +173,8 @@ def table(r: dict) -> str:
     lines = [f"## {time.strftime('%Y-%m-%d')}: demo at {', '.join(map(str, ns))} panoramas ({a['width']} px, 1.0 m apart), "
              f"one block vs {a['n_clusters']} clusters, {a['steps']} CPU steps per training job at 64 px, "
              f"{a['threads']} threads ({platform.processor() or platform.machine()}, shared machine)", "",
-             "CPU seconds / wall seconds / peak memory (max_rss, MB) from the rules' benchmark TSVs (the machine was "
-             "shared with other jobs, load 5-13 on 2 cores, so wall times are inflated and noisy; the exponents use "
+             "CPU seconds / wall seconds / peak memory (max_rss, MB) from the rules' benchmark TSVs (on a machine "
+             "shared with other jobs wall times are inflated and noisy; the exponents use "
              "CPU time); exponent = least-squares slope of log(value) on log(panoramas).", "",
              "| stage | " + " | ".join(f"N={n}: CPU s / wall s / MB" for n in ns) + " | CPU-time exponent | memory exponent |",
              "|---|" + "---|" * len(ns) + "---|---|"]

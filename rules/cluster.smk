@@ -39,16 +39,26 @@ rule sfm_cluster_database:
         "../scripts/sfm_cluster_database.py"
 
 
-use rule sfm_map as sfm_map_cluster with:
+# The one-block mapper on the cluster's database; a failure names the cluster and its frames
+# (the other clusters' finished outputs stay for the rerun).
+rule sfm_map_cluster:
     input:
         database=C("colmap/database.db"),
         images=W("images"),
+        clusters=W("clusters.json"),
     output:
         sparse=directory(C("sparse")),
+    params:
+        options=lambda wildcards: stage_options(wildcards.scene, "sfm.map"),
+    threads: workflow.cores
     benchmark:
         C("benchmarks/sfm_map.tsv")
     log:
         C("logs/sfm_map.log"),
+    conda:
+        "../envs/splatforge.yaml"
+    script:
+        "../scripts/sfm_map_cluster.py"
 
 
 use rule sfm_align as sfm_align_cluster with:

@@ -181,6 +181,40 @@ def test_filter_database_names_a_missing_image(tmp_path):
     assert not (tmp_path / "out.db").exists()
 
 
+@pytest.mark.hostile(cls="unmappable_cluster", expect="clear_error")
+def test_unmappable_cluster_names_the_cluster_and_its_frames_and_keeps_the_others(tmp_path):
+    """A cluster whose database subset has no verified match left: its mapping stops with an
+    error that names the cluster and its frames; a finished cluster's model is left as it was."""
+    _database(tmp_path / "db.db")
+    doc = {"schema_version": cluster.SCHEMA_VERSION, "num_frames": 6, "margin_m": 0.0, "k_neighbors": 0,
+           "clusters": [{"name": n, "centre_enu": [float(i), 0.0, 0.0], "core": fr, "members": fr,
+                         "images": [f"im{f[-1]}.jpg" for f in fr], "core_images": [f"im{f[-1]}.jpg" for f in fr]}
+                        for i, (n, fr) in enumerate([("c0", ["pano_0", "pano_1", "pano_2"]),
+                                                     ("c1", ["pano_3", "pano_4", "pano_5"])])]}
+    (tmp_path / "clusters.json").write_text(json.dumps(doc))
+    c1 = tmp_path / "clusters" / "c1"
+    sfm_merge.filter_database(tmp_path / "db.db", c1 / "colmap" / "database.db", doc["clusters"][1]["images"])
+    con = sqlite3.connect(c1 / "colmap" / "database.db")
+    con.execute("DELETE FROM two_view_geometries")
+    con.execute("DELETE FROM matches")
+    con.commit()
+    con.close()
+    done = tmp_path / "clusters" / "c0" / "sparse" / "0"  # c0 finished earlier
+    done.mkdir(parents=True)
+    (done / "cameras.bin").write_bytes(b"c0 model")
+    with pytest.raises(InputError) as e:
+        sfm_merge.map_cluster(tmp_path / "clusters.json", "c1", c1 / "colmap" / "database.db", tmp_path,
+                              c1 / "sparse", c1 / "sparse" / "summary.json", {"mapper": "incremental"})
+    msg = str(e.value)
+    assert "cluster c1 (3 frames: pano_3, pano_4, pano_5)" in msg
+    assert "database.db" in msg and "no image pair passed geometric verification" in msg
+    assert not (c1 / "sparse").exists()
+    assert (done / "cameras.bin").read_bytes() == b"c0 model"
+    with pytest.raises(InputError, match=r"clusters\.json: no cluster 'c7'"):
+        sfm_merge.map_cluster(tmp_path / "clusters.json", "c7", c1 / "colmap" / "database.db", tmp_path,
+                              c1 / "sparse", c1 / "sparse" / "summary.json")
+
+
 # ---------------------------------------------------------------------------- splat merge
 def _grid_splat(lo, hi, step=0.25):
     x, y = np.meshgrid(np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step), indexing="ij")

@@ -9,6 +9,8 @@
   point already has a 3D point from another cluster (a shared track) the two points are merged
   with ``Reconstruction.merge_points3D`` (pycolmap 4.2 has no model-merger binding). The
   disagreement of the shared images' camera centres between clusters, in metres, is reported.
+* :func:`map_cluster` is the ``sfm_map_cluster`` rule: the one-block mapper on a cluster's
+  database, whose failure names the cluster and its frames.
 * :func:`place_cluster` is the ``sfm_place_cluster`` rule: a cluster's model moved by its chain
   alignment, which the cluster trains on.
 * :func:`main` is the ``sfm_merge`` rule: ``clusters/*/aligned`` -> ``aligned/`` +
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from ..errors import InputError
+from ..errors import InputError, SplatForgeError
 from ..io import atomic_path, read_json, write_json
 from ..log import get_logger
 
@@ -93,6 +95,46 @@ def filter_database(src: str | os.PathLike, dst: str | os.PathLike, image_names:
         finally:
             con.close()
     return {"num_images": len(rows) - len(removed), "num_removed": len(removed), "num_verified_pairs": int(pairs)}
+
+
+def map_cluster(clusters_path: str | os.PathLike, cluster: str, database_path: str | os.PathLike,
+                images_dir: str | os.PathLike, sparse_dir: str | os.PathLike, summary_path: str | os.PathLike,
+                options: dict | None = None) -> dict:
+    """The ``sfm_map_cluster`` rule: :func:`splatforge_core.sfm.mapping.main` on one cluster's
+    database; a failure stops the run with an error naming the cluster and its frames.
+
+    The other clusters' finished models stay where they are (each cluster is a Snakemake job
+    of its own, and only a failed job's outputs are removed), so a rerun after the fix maps
+    only what is missing.
+
+    Args:
+        clusters_path: ``clusters.json`` (the cluster's ``members``: frame names).
+        cluster: the cluster's name (``c0``, ...).
+        database_path, images_dir, sparse_dir, summary_path, options: as
+            :func:`splatforge_core.sfm.mapping.main`.
+
+    Returns:
+        The mapping summary.
+
+    Raises:
+        InputError / SplatForgeError: the mapping failed (same class as the mapper's error),
+            message: the cluster, its frames, the database and the mapper's reason; or
+            ``clusters.json`` does not list ``cluster``.
+    """
+    from ..cluster import read_clusters
+    from . import mapping
+
+    doc = read_clusters(clusters_path)
+    byname = {c["name"]: c for c in doc["clusters"]}
+    if cluster not in byname:
+        raise InputError(f"{clusters_path}: no cluster {cluster!r} (clusters: {', '.join(byname)}); rerun the cluster rule")
+    try:
+        return mapping.main(database_path, images_dir, sparse_dir, summary_path, options)
+    except SplatForgeError as e:
+        frames = byname[cluster]["members"]
+        raise type(e)(f"cluster {cluster} ({len(frames)} frames: {', '.join(frames)}) could not be mapped: {e}. "
+                      f"The other clusters' outputs are kept; check these frames' overlap (or change "
+                      f"cluster.n_clusters / cluster.margin_m) and rerun") from e
 
 
 def _add_frame(dst: pycolmap.Reconstruction, src: pycolmap.Reconstruction, frame_id: int) -> None:

@@ -50,7 +50,11 @@ rule sfm_map_cluster:
         sparse=directory(C("sparse")),
     params:
         options=lambda wildcards: stage_options(wildcards.scene, "sfm.map"),
-    threads: workflow.cores
+    # as sfm_map (rules/sfm.smk): threads and memory of the one-block mapper, per attempt
+    threads: cluster_threads(8)
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
     benchmark:
         C("benchmarks/sfm_map.tsv")
     log:

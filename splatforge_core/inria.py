@@ -283,3 +283,41 @@ def load_views(root: str | os.PathLike, cameras: Optional[list[InriaCamera]] = N
     scale = max(float(np.linalg.norm(centres - centres.mean(0), axis=1).max()) * 1.1, 1e-6)
     return SceneData([v for v in views if v.frame not in held], [v for v in views if v.frame in held],
                      np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), scale, test_frames)
+
+
+def write_dataset(views, out_dir: str | os.PathLike, first_id: int = 0) -> list[InriaCamera]:
+    """Write posed pinhole views as an Inria-layout folder: ``images/<name>.png`` + ``cameras.json``.
+
+    Args:
+        views: :class:`splatforge_core.train.data.View` list (``image`` [H, W, 3] uint8 RGB,
+            ``K`` [3, 3] with the principal point at the image centre, ``viewmat`` [4, 4]
+            cam_from_world), e.g. ``SceneData.train + SceneData.test`` of
+            :func:`splatforge_core.train.data.load_scene` (undistorted, resized).
+        out_dir: folder to write into (created; existing files of the same names are replaced).
+        first_id: ``id`` of the first record.
+
+    Returns:
+        the written cameras (``img_name`` = the view's name with ``/`` replaced by ``__`` and
+        its extension dropped; ``frame`` = the view's frame, so :func:`load_views` with the
+        trainer's ``eval_every_n``/``eval_offset`` holds out the same frames as the trainer).
+
+    Raises:
+        InputError: a view whose principal point is off-centre (:func:`camera_from_pinhole`),
+            or two views that map to the same ``img_name``.
+    """
+    import cv2
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    cams, seen = [], set()
+    for i, v in enumerate(views):
+        name = os.path.splitext(v.name.replace("/", "__"))[0]
+        if name in seen:
+            raise InputError(f"{out}: two views map to the image name {name!r}")
+        seen.add(name)
+        cams.append(camera_from_pinhole(first_id + i, name, v.K, v.viewmat, v.width, v.height, v.frame))
+        with atomic_path(out / "images" / f"{name}.png") as tmp:
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(v.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3]):
+                raise OSError(f"{tmp}: cv2.imwrite failed")
+    write_cameras_json(out / "cameras.json", cams)
+    return cams

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from splatforge_core.errors import InputError
-from splatforge_core.inria import (InriaCamera, camera_from_pinhole, load_views, read_cameras_json,
+from splatforge_core.inria import (InriaCamera, camera_from_pinhole, load_views, read_cameras_json, write_dataset,
                                    write_cameras_json)
 
 
@@ -78,3 +78,27 @@ def test_duplicate_and_missing_image(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(InputError, match="no image for camera 'a'"):
         load_views(tmp_path)
+
+
+def test_write_dataset_keeps_trainer_split(tmp_path):
+    from splatforge_core.train.data import View, held_out_frame_indices
+    rng = np.random.default_rng(0)
+    views = []
+    for f in range(10):
+        for k in range(2):
+            cfw = np.eye(4)
+            cfw[:3, :3] = _rot(36 * f + 90 * k)
+            cfw[:3, 3] = rng.normal(size=3)
+            img = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+            views.append(View(f"f{f:02d}/v{k}.jpg", f"f{f:02d}", img,
+                              np.array([[30, 0, 16], [0, 30, 12], [0, 0, 1]], np.float32), cfw.astype(np.float32)))
+    write_dataset(views, tmp_path)
+    data = load_views(tmp_path, eval_every_n=4)
+    frames = sorted({v.frame for v in views})
+    assert data.test_frames == [frames[i] for i in held_out_frame_indices(10, 4)]
+    back = {v.name: v for v in data.train + data.test}
+    assert set(back) == {f"f{f:02d}__v{k}.png" for f in range(10) for k in range(2)}
+    v0 = back["f00__v0.png"]
+    np.testing.assert_array_equal(v0.image, views[0].image)
+    np.testing.assert_allclose(v0.viewmat, views[0].viewmat, atol=1e-6)
+    np.testing.assert_allclose(v0.K, views[0].K)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -327,3 +328,64 @@ def test_compress_cli_takes_a_bundle(members, bundle_preset, tmp_path, capsys):
     assert cli_main(["compress", "--preset", "test-bundle", str(src), str(tmp_path / "c.ply")]) == 0
     assert json.loads(capsys.readouterr().out)["input"] == str(src)
 
+
+
+# -- workflow: the bundle is the compress rule's input only for a preset that needs one ------------
+
+_DRY_RUN = """
+import sys
+from splatforge_core.codec import lossless
+from splatforge_core.codec.presets import PRESETS, Preset
+PRESETS["test-bundle"] = Preset("test-bundle", True, ".ply", "test", lossless.encode_preset, lossless.decode_ply_parts,
+                                needs_bundle=True)
+from snakemake.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("preset,wants_bundle", [("qat-3dgs", False), ("test-bundle", True)])
+def test_workflow_asks_for_the_bundle_only_for_a_bundle_preset(tmp_path, preset, wants_bundle):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", _DRY_RUN, "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "-n",
+                        "--config", f"compress={{preset: {preset}}}", "--", "results/scene.compressed.ply"],
+                       capture_output=True, text=True, timeout=300, cwd=repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert ("rule bundle:" in out) == wants_bundle
+    compress_input = re.search(r"rule compress:\n\s+input: (.*)\n", out).group(1)
+    assert compress_input == "work/scene/splat/splat.ply" + (", work/scene/bundle.tar" if wants_bundle else "")
+
+
+@pytest.mark.slow
+def test_bundle_rule_packs_at_the_trained_resolution(workdir, tmp_path):
+    """rule bundle (scripts/bundle.py) on a finished scene: images at metrics.json's resolution.max_side."""
+    import shutil
+    import subprocess
+    import sys
+
+    wd = tmp_path / "work" / "scene"
+    shutil.copytree(workdir, wd)
+    (wd / "splat" / "metrics.json").write_text(json.dumps({"resolution": {"max_side": 40}}))
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
+                        "--allowed-rules", "bundle", "--forcerun", "bundle", "work/scene/bundle.tar"],
+                       capture_output=True, text=True, timeout=600, cwd=repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = open_bundle(wd / "bundle.tar", tmp_path / "check")
+    assert len(b.cameras) == 20 and {(c.width, c.height) for c in b.cameras} == {(40, 27)}
+
+
+def test_trained_max_side(tmp_path):
+    from splatforge_core.codec.bundle import trained_max_side
+
+    m = tmp_path / "metrics.json"
+    m.write_text(json.dumps({"resolution": {"max_side": 320, "first_train_view": [320, 240]}}))
+    assert trained_max_side(m, 99) == 320
+    m.write_text(json.dumps({"resolution": {"max_side": None}}))  # trained at full resolution
+    assert trained_max_side(m, 99) is None
+    m.write_text(json.dumps({"final": {}}))  # a merged splat's metrics: no resolution
+    assert trained_max_side(m, 99) == 99
+    assert trained_max_side(tmp_path / "missing.json", 7) == 7

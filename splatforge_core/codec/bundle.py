@@ -314,6 +314,23 @@ def resolve_workdir(scene_or_workdir: str | os.PathLike, work_root: str | os.Pat
                      f"{work_root}/; run the workflow on the scene first (snakemake work/<scene>/splat/splat.ply)")
 
 
+def trained_max_side(metrics_json: str | os.PathLike, fallback: Optional[int]) -> Optional[int]:
+    """The longer image side the splat was trained at: ``resolution.max_side`` of the trainer's
+    ``metrics.json`` (None there: full resolution), else ``fallback`` (a merged splat's
+    ``metrics.json`` has no ``resolution``; an unreadable file is left to the other stages).
+    """
+    import json
+
+    try:
+        res = json.loads(Path(metrics_json).read_text()).get("resolution")
+    except (OSError, ValueError, AttributeError):
+        return fallback
+    if isinstance(res, dict) and "max_side" in res:
+        ms = res["max_side"]
+        return ms if isinstance(ms, int) and not isinstance(ms, bool) and ms > 0 else None
+    return fallback
+
+
 def _tarinfo_clean(ti: tarfile.TarInfo) -> tarfile.TarInfo:
     """No owner names or ids in a bundle (they mean nothing elsewhere)."""
     ti.uid = ti.gid = 0

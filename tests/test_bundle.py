@@ -389,3 +389,12 @@ def test_trained_max_side(tmp_path):
     m.write_text(json.dumps({"final": {}}))  # a merged splat's metrics: no resolution
     assert trained_max_side(m, 99) == 99
     assert trained_max_side(tmp_path / "missing.json", 7) == 7
+
+
+def test_a_killed_runs_extraction_folder_is_removed(members, bundle_preset, tmp_path):
+    src = _write(tmp_path, "b.tar", _tar(members))
+    (tmp_path / "out" / ".c.ply.bundle.k1ll3d_x.tmp" / "bundle").mkdir(parents=True)
+    (tmp_path / "out" / ".c.ply.bundle.k1ll3d_x.tmp" / "bundle" / "point_cloud.ply").write_bytes(b"old")
+    (tmp_path / "out" / ".d.ply.bundle.other.tmp").mkdir()  # another output's: left alone
+    codec.main(src, tmp_path / "out" / "c.ply", None, "test-bundle")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".d.ply.bundle.other.tmp", "c.ply"]

@@ -112,8 +112,11 @@ def main(
     in_ply, out_path = Path(in_ply), Path(out_path)
     if in_ply.resolve() == out_path.resolve():
         raise InputError(f"{in_ply}: output path must differ from the input")
-    remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])])  # a killed run's
-    from .bundle import is_bundle_path, open_bundle
+    from .bundle import is_bundle_path, open_bundle, work_dir_pattern
+
+    # a killed run's temporaries: output, report, and a bundle's extraction folder
+    remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])],
+                             patterns=[work_dir_pattern(out_path, "bundle")])
 
     if spec.needs_bundle:
         if not is_bundle_path(in_ply):
@@ -121,7 +124,7 @@ def main(
                              "images: .tar, .tar.gz or a folder), not a PLY; make one with "
                              "`splatforge bundle SCENE_OR_WORKDIR out.tar.gz`")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.bundle.") as work:
+        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.bundle.", suffix=".tmp") as work:
             bundle = open_bundle(in_ply, work, **(bundle_caps or {}))
             header = bundle.header
             data = map_file(bundle.ply)

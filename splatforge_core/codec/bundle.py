@@ -46,7 +46,7 @@ from typing import Any, Optional
 from ..archive import ArchiveError, safe_extract
 from ..errors import InputError
 from ..inria import InriaCamera, find_image, read_cameras_json, write_scene_dataset
-from ..io import atomic_path
+from ..io import atomic_path, remove_stale_temporaries
 from .layout import PlyHeader, parse_header, validate_3dgs
 
 log = logging.getLogger("splatforge.codec.bundle")
@@ -331,6 +331,12 @@ def trained_max_side(metrics_json: str | os.PathLike, fallback: Optional[int]) -
     return fallback
 
 
+def work_dir_pattern(out_path: str | os.PathLike, kind: str) -> str:
+    """Regular expression of the temporary folders named ``.<out name>.<kind>.<random>.tmp`` beside
+    ``out_path`` (``tempfile`` names), for :func:`splatforge_core.io.remove_stale_temporaries`."""
+    return rf"^\.{re.escape(Path(out_path).name)}\.{re.escape(kind)}\.[A-Za-z0-9_]+\.tmp$"
+
+
 def _tarinfo_clean(ti: tarfile.TarInfo) -> tarfile.TarInfo:
     """No owner names or ids in a bundle (they mean nothing elsewhere)."""
     ti.uid = ti.gid = 0
@@ -377,7 +383,8 @@ def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike,
     validate_3dgs(parse_header(splat))
     aligned = wd / "aligned"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.stage.") as stage:
+    remove_stale_temporaries([out], patterns=[work_dir_pattern(out, "stage")])  # a killed run's
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.stage.", suffix=".tmp") as stage:
         cams = write_scene_dataset(wd, stage, max_side=max_side)
         if len(cams) < MIN_IMAGES:
             raise InputError(f"{wd}: {len(cams)} registered views, a bundle needs at least {MIN_IMAGES} (every 8th "

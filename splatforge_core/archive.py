@@ -27,8 +27,17 @@ MAX_BYTES = 64 << 30
 
 
 class ArchiveError(InputError):
-    """An archive that is refused (unreadable, an unsafe member, over a cap); the message names
-    the archive and the member."""
+    """An archive that is refused; the message names the archive and the member.
+
+    Attributes:
+        kind: ``"unsafe"`` (a link, device, FIFO, absolute or ``..`` member), ``"cap"`` (member
+            count or unpacked size over a cap), ``"unreadable"`` (not a tar, truncated, damaged)
+            or ``"exists"`` (the destination exists), for callers that add advice.
+    """
+
+    def __init__(self, message: str, kind: str = "unsafe"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def check_member_name(name: str, where: str) -> None:
@@ -51,7 +60,7 @@ def check_members(tar: tarfile.TarFile, where: str, max_members: int, max_bytes:
     members, total = [], 0
     for m in tar:
         if len(members) >= max_members:
-            raise ArchiveError(f"{where}: more than {max_members} members; archive refused (tar bomb?)")
+            raise ArchiveError(f"{where}: more than {max_members} members; archive refused (tar bomb?)", "cap")
         check_member_name(m.name, where)
         if not (m.isfile() or m.isdir()):
             kind = "link" if (m.issym() or m.islnk()) else "device or special file"
@@ -59,7 +68,7 @@ def check_members(tar: tarfile.TarFile, where: str, max_members: int, max_bytes:
         total += m.size
         if total > max_bytes:
             raise ArchiveError(f"{where}: members total more than {max_bytes} bytes (at member {m.name[:200]!r}); "
-                               "archive refused (tar bomb?)")
+                               "archive refused (tar bomb?)", "cap")
         members.append(m)
     return members
 
@@ -84,7 +93,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, max_member
     """
     archive, dest = Path(archive), Path(dest)
     if dest.exists():
-        raise ArchiveError(f"{dest}: extraction folder already exists; refusing to extract {archive} over it")
+        raise ArchiveError(f"{dest}: extraction folder already exists; refusing to extract {archive} over it", "exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
@@ -93,11 +102,11 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, max_member
                 members = check_members(tar, str(archive), max_members, max_bytes)
                 tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, EOFError, zlib.error) as e:
-            raise ArchiveError(f"{archive}: not a readable tar archive ({e}); refused") from None
+            raise ArchiveError(f"{archive}: not a readable tar archive ({e}); refused", "unreadable") from None
         except OSError as e:  # gzip.BadGzipFile, a read error, or a full disk
             if is_disk_full(e):
                 raise disk_full_error(dest, e) from e
-            raise ArchiveError(f"{archive}: not a readable tar archive ({e}); refused") from None
+            raise ArchiveError(f"{archive}: not a readable tar archive ({e}); refused", "unreadable") from None
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

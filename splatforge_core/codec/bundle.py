@@ -61,6 +61,14 @@ MIN_IMAGES = 8
 #: Archive suffixes and their ``tarfile`` read modes.
 ARCHIVE_MODES = {".tar": "r:", ".tar.gz": "r:gz", ".tgz": "r:gz"}
 
+#: What to do about a refused archive, by :attr:`splatforge_core.archive.ArchiveError.kind`.
+_ARCHIVE_ADVICE = {
+    "unsafe": "repack it from regular files only (`splatforge bundle` writes a valid bundle)",
+    "cap": "raise the cap (open_bundle max_members / max_unpacked) only if you trust the bundle",
+    "unreadable": "the file is truncated or damaged: copy or download it again",
+    "exists": "remove the folder or extract elsewhere",
+}
+
 _ITERATION = re.compile(r"iteration_(\d{1,9})")
 
 
@@ -257,8 +265,7 @@ def open_bundle(path: str | os.PathLike, work_dir: str | os.PathLike, *, max_byt
         try:
             safe_extract(src, top, max_members=max_members, max_bytes=max_unpacked, mode=mode)
         except ArchiveError as e:
-            raise InputError(f"bundle {e}; repack it from regular files only (`splatforge bundle` writes a valid one)") \
-                from None
+            raise InputError(f"bundle {e}; {_ARCHIVE_ADVICE.get(e.kind, _ARCHIVE_ADVICE['unsafe'])}") from None
     try:
         return _validate(src, top)
     except BaseException:

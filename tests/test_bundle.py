@@ -213,7 +213,8 @@ SCAFFOLD = ["x", "y", "z", "f_offset_0", "f_anchor_feat_0", "opacity", "scale_0"
 
 #: case -> (bytes of the bundle from the valid members, file name, open_bundle caps, message regex naming the member)
 HOSTILE = {
-    "dotdot": (lambda m: _tar(m, extra=[_ti("../escape.txt", 1)]), "b.tar", {}, r"unsafe member name '\.\./escape\.txt'.*repack it from regular files"),
+    "dotdot": (lambda m: _tar(m, extra=[_ti("../escape.txt", 1)]), "b.tar", {},
+               r"unsafe member name '\.\./escape\.txt'.*repack it from regular files"),
     "absolute": (lambda m: _tar(m, extra=[_ti("/tmp/escape.txt", 1)]), "b.tar", {}, r"unsafe member name '/tmp/escape\.txt'"),
     "symlink": (lambda m: _tar(m, extra=[_ti("images/x.png", kind=tarfile.SYMTYPE, link="/etc/passwd")]), "b.tar", {},
                 r"member 'images/x\.png' is a link"),
@@ -398,3 +399,26 @@ def test_a_killed_runs_extraction_folder_is_removed(members, bundle_preset, tmp_
     (tmp_path / "out" / ".d.ply.bundle.other.tmp").mkdir()  # another output's: left alone
     codec.main(src, tmp_path / "out" / "c.ply", None, "test-bundle")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".d.ply.bundle.other.tmp", "c.ply"]
+
+
+# -- real data: the Inria trainer's snowmiku scene (97 photos, cameras.json) and a real Inria splat --
+
+
+def test_real_inria_scene_as_bundle(shared_data, tmp_path):
+    """snowmiku's cameras.json + images with a real SH-3 Inria splat, tarred one level down, is accepted;
+    the snowmiku folder itself (input.ply is the SfM point cloud, no trained splat) is refused naming it."""
+    snow = shared_data / "snowmiku"
+    before = _files(snow)
+    with pytest.raises(InputError, match=r"snowmiku: point_cloud\.ply: missing"):
+        open_bundle(snow, tmp_path / "w0")
+    p = tmp_path / "snow.tar"
+    with tarfile.open(p, "w") as t:
+        t.add(snow / "cameras.json", "snowmiku/cameras.json")
+        t.add(snow / "images", "snowmiku/images")
+        t.add(snow / "sparse", "snowmiku/sparse")
+        t.add(shared_data / "ply" / "inria3dgs_sh3_9080.ply", "snowmiku/point_cloud.ply")
+    b = open_bundle(p, tmp_path / "w")
+    s = b.summary()
+    assert (s["n_cameras"], s["n_gaussians"], s["sh_degree"], s["ply"]) == (97, 9080, 3, "snowmiku/point_cloud.ply")
+    assert b.sparse_dir is not None and b.image_path(b.cameras[0]).suffix == ".jpg"
+    assert _files(snow) == before

@@ -155,11 +155,14 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
     return p
 
 
-def test_one_level_down_layout(members, tmp_path):
-    p = _write(tmp_path, "run.tgz", _tar(members, prefix="my_run/", gz=True))
+@pytest.mark.parametrize("prefix,top", [("my_run/", "my_run"), ("./", None)], ids=["top_folder", "dot_slash"])
+def test_one_level_down_layout(members, tmp_path, prefix, top):
+    """Files inside a single top folder, or named ./x as `tar -C dir -czf b.tgz .` writes them, are found."""
+    p = _write(tmp_path, "run.tgz", _tar(members, prefix=prefix, gz=True))
     b = open_bundle(p, tmp_path / "w")
-    assert b.root == tmp_path / "w" / "bundle" / "my_run" and len(b.cameras) == MIN_IMAGES
-    assert b.summary()["ply"] == "my_run/point_cloud.ply"
+    root = tmp_path / "w" / "bundle"
+    assert b.root == (root / top if top else root) and len(b.cameras) == MIN_IMAGES
+    assert b.summary()["ply"] == (f"{top}/" if top else "") + "point_cloud.ply"
 
 
 def test_inria_trainer_output_takes_the_highest_iteration(members, tmp_path):

@@ -425,3 +425,45 @@ def test_real_inria_scene_as_bundle(shared_data, tmp_path):
     assert (s["n_cameras"], s["n_gaussians"], s["sh_degree"], s["ply"]) == (97, 9080, 3, "snowmiku/point_cloud.ply")
     assert b.sparse_dir is not None and b.image_path(b.cameras[0]).suffix == ".jpg"
     assert _files(snow) == before
+
+
+def test_sparse_model_is_rewritten_for_the_undistorted_resized_images(tmp_path):
+    """A SIMPLE_RADIAL model with observations: the bundle's sparse/0 names the bundle's PNGs, has PINHOLE
+    cameras equal to cameras.json, and each observation lands where the pinhole camera projects its 3D point."""
+    import pycolmap
+
+    wd = tmp_path / "wd"
+    (wd / "images" / "v").mkdir(parents=True)
+    cam = pycolmap.Camera(camera_id=1, model="SIMPLE_RADIAL", width=80, height=60, params=[70.0, 40.0, 30.0, 0.2])
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(cam)
+    X = np.random.default_rng(0).normal(0, 1.0, (5, 3)) + [0, 0, 4]  # up to ~1 px of distortion
+    for i in range(MIN_IMAGES):
+        t = np.array([0.1 * i, 0.0, 0.0])
+        pts = [pycolmap.Point2D(q) for q in cam.img_from_cam(X + t)]  # distorted pixels of the points
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"v/{i}.png", camera_id=1, image_id=i + 1, points2D=pts),
+                                         pycolmap.Rigid3d(pycolmap.Rotation3d(np.eye(3)), t))
+        cv2.imwrite(str(wd / "images" / "v" / f"{i}.png"), np.full((60, 80, 3), 9 * i, np.uint8))
+    for j in range(len(X)):
+        tr = pycolmap.Track()
+        for i in range(MIN_IMAGES):
+            tr.add_element(i + 1, j)
+        rec.add_point3D(X[j], tr, np.array([1, 2, 3], np.uint8))
+    (wd / "aligned").mkdir()
+    rec.write(str(wd / "aligned"))
+    (wd / "splat").mkdir()
+    _splat(wd / "splat" / "splat.ply")
+    pack_scene(wd, tmp_path / "b.tar", max_side=40)
+    b = open_bundle(tmp_path / "b.tar", tmp_path / "w")
+    sp = pycolmap.Reconstruction(str(b.sparse_dir))
+    cams = {c.img_name + ".png": c for c in b.cameras}
+    assert sorted(im.name for im in sp.images.values()) == sorted(cams) == [f"v__{i}.png" for i in range(MIN_IMAGES)]
+    for im in sp.images.values():
+        c, spc = cams[im.name], sp.cameras[im.camera_id]
+        assert spc.model_name == "PINHOLE" and (spc.width, spc.height) == (c.width, c.height) == (40, 30)
+        np.testing.assert_allclose(spc.calibration_matrix(), c.K(), atol=1e-9)
+        assert (b.images_dir / im.name).is_file()
+        for p in im.points2D:
+            x = c.K() @ (c.cam_from_world @ np.append(sp.points3D[p.point3D_id].xyz, 1.0))[:3]
+            np.testing.assert_allclose(p.xy, x[:2] / x[2], atol=1e-6)
+    assert np.isclose(c.fx, 35.0)  # 70 px at 80 wide -> 35 px at 40 wide

@@ -321,6 +321,66 @@ def resolve_workdir(scene_or_workdir: str | os.PathLike, work_root: str | os.Pat
                      f"{work_root}/; run the workflow on the scene first (snakemake work/<scene>/splat/splat.ply)")
 
 
+def write_bundle_sparse(aligned_dir: str | os.PathLike, cams: list[InriaCamera], out_dir: str | os.PathLike) -> None:
+    """Write the COLMAP model ``aligned_dir`` as the bundle's ``sparse/0``, matching its images.
+
+    The bundle's images are undistorted, resized and renamed (:func:`splatforge_core.inria.write_dataset`),
+    so the model is rewritten to describe them, as the Inria trainer's ``convert.py`` leaves
+    ``sparse/0`` beside its undistorted ``images/``: every image is renamed to its bundle file
+    (``<img_name>.png``), every camera becomes ``PINHOLE`` with the bundle's size and focal
+    lengths and the principal point at the image centre (as in ``cameras.json``), and every 2D
+    observation is undistorted and rescaled with it (``Camera.cam_from_img`` of the original
+    camera, then the new intrinsics). Poses, rigs, frames and 3D points are unchanged (ENU metres).
+
+    Args:
+        aligned_dir: COLMAP model (binary or text) of the scene's images.
+        cams: the bundle's cameras (their ``img_name`` is the model's image name with ``/`` ->
+            ``__`` and no extension).
+        out_dir: folder to write the binary model into (created).
+
+    Raises:
+        InputError: an unreadable model, a posed image of the model without a bundle camera, or
+            two images of one COLMAP camera with different bundle intrinsics.
+    """
+    import numpy as np
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(aligned_dir))
+    except Exception as e:  # pycolmap raises plain exceptions for unreadable models
+        raise InputError(f"{aligned_dir}: cannot read COLMAP model ({e})") from e
+    by_name = {c.img_name: c for c in cams}
+    old = {cid: pycolmap.Camera(camera_id=cid, model=c.model_name, width=c.width, height=c.height,
+                                params=np.array(c.params, np.float64)) for cid, c in rec.cameras.items()}
+    new: dict[int, tuple[int, int, float, float]] = {}
+    for im in rec.images.values():
+        if not im.has_pose:
+            continue
+        bc = by_name.get(os.path.splitext(im.name.replace("/", "__"))[0])
+        if bc is None:
+            raise InputError(f"{aligned_dir}: image {im.name!r} of the model is not among the bundle's views")
+        intr = (bc.width, bc.height, bc.fx, bc.fy)
+        prev = new.setdefault(im.camera_id, intr)
+        if prev[:2] != intr[:2] or not np.allclose(prev[2:], intr[2:], rtol=1e-6):
+            raise InputError(f"{aligned_dir}: images of camera {im.camera_id} have different sizes or focal lengths "
+                             f"in the bundle ({prev} and {intr})")
+        pts = im.points2D
+        if len(pts):
+            norm = old[im.camera_id].cam_from_img(np.array([p.xy for p in pts], np.float64))
+            xy = norm * [bc.fx, bc.fy] + [bc.width / 2.0, bc.height / 2.0]
+            for p, q in zip(pts, xy):
+                p.xy = q
+        im.name = f"{bc.img_name}.png"
+    for cid, (w, h, fx, fy) in new.items():
+        c = rec.cameras[cid]
+        c.model = pycolmap.CameraModelId.PINHOLE
+        c.width, c.height = w, h
+        c.params = [fx, fy, w / 2.0, h / 2.0]
+    rec.update_point_3d_errors()  # reprojection errors in the new pixels
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    rec.write(str(out_dir))
+
+
 def trained_max_side(metrics_json: str | os.PathLike, fallback: Optional[int]) -> Optional[int]:
     """The longer image side the splat was trained at: ``resolution.max_side`` of the trainer's
     ``metrics.json`` (None there: full resolution), else ``fallback`` (a merged splat's
@@ -359,8 +419,8 @@ def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike,
     scene's registered views, undistorted to pinhole and resized to ``max_side``
     (:func:`splatforge_core.inria.write_scene_dataset`, which keeps each view's frame, so a
     bundle's held-out split is the trainer's); ``sparse/0`` is the aligned (ENU) COLMAP model
-    ``<workdir>/aligned`` as it is (its image names and camera models are those of
-    ``<workdir>/images``, not of the bundle's undistorted PNGs). The archive is written to a
+    ``<workdir>/aligned`` rewritten for the bundle's images (:func:`write_bundle_sparse`:
+    renamed images, PINHOLE cameras, undistorted observations). The archive is written to a
     temporary path and renamed into place.
 
     Args:
@@ -407,9 +467,9 @@ def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike,
                             filter=_tarinfo_clean)
                 sparse = with_sparse and aligned.is_dir()
                 if sparse:
-                    for f in sorted(aligned.iterdir()):
-                        if f.is_file():
-                            tar.add(f, f"sparse/0/{f.name}", filter=_tarinfo_clean)
+                    write_bundle_sparse(aligned, cams, Path(stage) / "sparse" / "0")
+                    for f in sorted((Path(stage) / "sparse" / "0").iterdir()):
+                        tar.add(f, f"sparse/0/{f.name}", filter=_tarinfo_clean)
     summary = {"bundle": str(out), "workdir": str(wd), "n_images": len(cams),
                "n_frames": len({c.frame or c.img_name for c in cams}), "size_bytes": out.stat().st_size,
                "sparse": bool(sparse)}

@@ -104,8 +104,10 @@ def test_cli_pack_and_check(workdir, tmp_path, capsys):
     out = tmp_path / "c.tar.gz"
     assert cli_main(["bundle", str(workdir), str(out), "--max-side", "32", "--no-sparse"]) == 0
     assert json.loads(capsys.readouterr().out)["n_images"] == 20
-    assert cli_main(["bundle", "--check", str(out)]) == 0
+    assert cli_main(["bundle", "--check", str(out), "--work-dir", str(tmp_path)]) == 0
     s = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tar.gz"]  # the extraction is gone
+    assert s["camera_sizes"] == ["32x21"]
     assert s["status"] == "ok" and s["n_cameras"] == 20 and s["n_gaussians"] == 64 and s["sh_degree"] == 1
     assert s["ply"] == "point_cloud.ply" and s["sparse"] is None
     # scene names are looked up in --work-root

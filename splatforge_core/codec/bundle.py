@@ -117,7 +117,7 @@ class Bundle:
             "sh_degree": deg,
             "n_cameras": len(self.cameras),
             "n_frames": len({c.frame or c.img_name for c in self.cameras}),
-            "image_sizes": [f"{w}x{h}" for w, h in sizes[:8]] + (["..."] if len(sizes) > 8 else []),
+            "camera_sizes": [f"{w}x{h}" for w, h in sizes[:8]] + (["..."] if len(sizes) > 8 else []),
             "sparse": _rel(self.sparse_dir, self.top) if self.sparse_dir else None,
             "size_bytes": _size(self.source),
         }

@@ -108,11 +108,13 @@ def cli_bundle(argv: list[str]) -> int:
     ap.add_argument("--check", metavar="BUNDLE", help="only validate BUNDLE and print a summary")
     ap.add_argument("--max-bytes", type=int, default=MAX_BUNDLE_BYTES,
                     help=f"--check: cap on the archive's size in bytes (default {MAX_BUNDLE_BYTES})")
+    ap.add_argument("--work-dir", default=None,
+                    help="--check: folder for the temporary extraction (default: the system's temporary folder)")
     a = ap.parse_args(argv)
     if a.check:
         if a.source or a.output:
             ap.error("--check takes the bundle only")
-        with tempfile.TemporaryDirectory(prefix="splatforge-bundle-check-") as work:
+        with tempfile.TemporaryDirectory(prefix="splatforge-bundle-check-", dir=a.work_dir) as work:
             summary = open_bundle(a.check, work, max_bytes=a.max_bytes).summary()
         print(json.dumps({"status": "ok", **summary}, indent=2))
         return 0

@@ -329,6 +329,17 @@ def test_codec_main_refuses_a_ply_for_a_bundle_preset_and_a_bundle_for_a_ply_pre
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar", "bad.tar", "s.ply"]
 
 
+@pytest.mark.hostile(cls="bundle", expect="clear_error")
+def test_codec_bundle_caps_are_options(members, bundle_preset, tmp_path):
+    src = _write(tmp_path, "b.tar.gz", _tar({**members, "images/pad.bin": bytes(300_000)}, gz=True))
+    with pytest.raises(InputError, match=r"b\.tar\.gz: \d+ bytes, over the cap of 1000 bytes"):
+        codec.main(src, tmp_path / "o.ply", None, "test-bundle", {"bundle_max_bytes": 1000})
+    with pytest.raises(InputError, match=r"b\.tar\.gz: members total more than 100000 bytes.*raise the cap"):
+        codec.main(src, tmp_path / "o.ply", None, "test-bundle", {"bundle_max_unpacked": 100_000})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.gz"]
+    assert codec.main(src, tmp_path / "o.ply", None, "test-bundle")["n_vertices"] == 64  # the defaults admit it
+
+
 def test_compress_cli_takes_a_bundle(members, bundle_preset, tmp_path, capsys):
     src = _write(tmp_path, "b.tar", _tar(members))
     assert cli_main(["compress", "--preset", "test-bundle", str(src), str(tmp_path / "c.ply")]) == 0

@@ -53,6 +53,10 @@ class CodecOptions:
     evaluate_psnr: quantised tier: render original and decoded splat and report PSNR (default True).
     psnr_views: number of orbit cameras for the PSNR evaluation (default 8).
     psnr_size: width = height of the PSNR renders in pixels (default 256).
+    bundle_max_bytes: presets that take a bundle: cap on the bundle archive's size on disk in
+        bytes (default 1 GB; :func:`.bundle.open_bundle`).
+    bundle_max_unpacked: presets that take a bundle: cap on its members' total unpacked size in
+        bytes (default 16 GiB).
     """
 
     keep_required: bool = True
@@ -63,6 +67,8 @@ class CodecOptions:
     evaluate_psnr: bool = True
     psnr_views: int = field(default=8, metadata={"min": 1})
     psnr_size: int = field(default=256, metadata={"min": 16, "max": 8192})
+    bundle_max_bytes: int = field(default=1_000_000_000, metadata={"min": 1})
+    bundle_max_unpacked: int = field(default=16 << 30, metadata={"min": 1})
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CodecOptions":
@@ -85,16 +91,15 @@ def main(
     report_path: str | os.PathLike | None,
     preset: str,
     options: dict | None = None,
-    bundle_caps: dict | None = None,
 ) -> dict[str, Any]:
     """Compress the splat PLY ``in_ply`` into ``out_path`` with ``preset``; return the report.
 
     A preset that needs a bundle (:attr:`.presets.Preset.needs_bundle`) takes a bundle as
     ``in_ply`` (``.tar``, ``.tar.gz``/``.tgz`` or a folder, :mod:`.bundle`): it is validated and
-    extracted into a temporary folder beside ``out_path`` (removed afterwards; ``bundle_caps``:
-    ``max_bytes`` / ``max_members`` / ``max_unpacked`` of :func:`.bundle.open_bundle`) and the
-    encoder gets its PLY plus ``bundle=``. Other presets take a PLY; a bundle given to them, or a
-    PLY given to a bundle preset, is an :class:`InputError` saying what to pass instead.
+    extracted into a temporary folder beside ``out_path`` (removed afterwards; caps: options
+    ``bundle_max_bytes``, ``bundle_max_unpacked``) and the encoder gets its PLY plus ``bundle=``.
+    Other presets take a PLY; a bundle given to them, or a PLY given to a bundle preset, is an
+    :class:`InputError` saying what to pass instead.
 
     The report (also written as JSON to ``report_path`` when given) has: status, preset,
     lossless, size_bytes_in, size_bytes_out, ply_save_pct (percent of the input size saved),
@@ -125,7 +130,7 @@ def main(
                              "`splatforge bundle SCENE_OR_WORKDIR out.tar.gz`")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.bundle.", suffix=".tmp") as work:
-            bundle = open_bundle(in_ply, work, **(bundle_caps or {}))
+            bundle = open_bundle(in_ply, work, max_bytes=opts.bundle_max_bytes, max_unpacked=opts.bundle_max_unpacked)
             header = bundle.header
             data = map_file(bundle.ply)
             res, extra = spec.encode(bundle.ply, out_path, opts, header=header, data=data, bundle=bundle)

@@ -64,7 +64,8 @@ ARCHIVE_MODES = {".tar": "r:", ".tar.gz": "r:gz", ".tgz": "r:gz"}
 #: What to do about a refused archive, by :attr:`splatforge_core.archive.ArchiveError.kind`.
 _ARCHIVE_ADVICE = {
     "unsafe": "repack it from regular files only (`splatforge bundle` writes a valid bundle)",
-    "cap": "raise the cap (open_bundle max_members / max_unpacked) only if you trust the bundle",
+    "cap": "raise the cap (compress option bundle_max_unpacked; open_bundle's max_members / max_unpacked) only if "
+           "you trust the bundle",
     "unreadable": "the file is truncated or damaged: copy or download it again",
     "exists": "remove the folder or extract elsewhere",
 }
@@ -260,7 +261,8 @@ def open_bundle(path: str | os.PathLike, work_dir: str | os.PathLike, *, max_byt
         size = src.stat().st_size
         if size > max_bytes:
             raise InputError(f"bundle {src}: {size} bytes, over the cap of {max_bytes} bytes for a bundle; "
-                             "shrink its images (splatforge bundle --max-side) or raise the cap if you trust it")
+                             "shrink its images (splatforge bundle --max-side) or, if you trust it, raise the cap "
+                             "(compress option bundle_max_bytes, splatforge bundle --check --max-bytes)")
         top = Path(work_dir) / _EXTRACTED
         try:
             safe_extract(src, top, max_members=max_members, max_bytes=max_unpacked, mode=mode)

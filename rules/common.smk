@@ -160,3 +160,32 @@ def cluster_threads(n):
         return n
 
     return threads
+
+
+# -- bundles (rules/bundle.smk, rules/compress.smk) --
+
+
+def preset_needs_bundle(scene):
+    """Whether the scene's compress.preset takes a bundle (unknown presets: no; the config check
+    at start has refused them already)."""
+    from splatforge_core.codec.presets import PRESETS
+
+    preset = PRESETS.get(stage_options(scene, "compress").get("preset", "qat-3dgs"))
+    return bool(preset is not None and preset.needs_bundle)
+
+
+def bundle_fallback_max_side(wildcards):
+    """Longer image side of the bundle when the splat's metrics.json does not say what the trainer
+    used (a merged splat of a clustered scene): the train options' size for the device it ran on."""
+    from splatforge_core.train.options import TrainOptions
+
+    train = TrainOptions.from_dict(stage_options(wildcards.scene, "train"))
+    return train.max_side if config.get("use_gpu", False) else train.cpu_max_side
+
+
+def compress_inputs(wildcards):
+    """The splat; plus work/{scene}/bundle.tar when the scene's compress.preset needs a bundle."""
+    files = {"splat": W("splat/splat.ply").format(scene=wildcards.scene)}
+    if preset_needs_bundle(wildcards.scene):
+        files["bundle"] = W("bundle.tar").format(scene=wildcards.scene)
+    return files

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ class CodecOptions:
     evaluate_psnr: quantised tier: render original and decoded splat and report PSNR (default True).
     psnr_views: number of orbit cameras for the PSNR evaluation (default 8).
     psnr_size: width = height of the PSNR renders in pixels (default 256).
+    bundle_max_bytes: presets that take a bundle: cap on the bundle archive's size on disk in
+        bytes (default 1 GB; :func:`.bundle.open_bundle`).
+    bundle_max_unpacked: presets that take a bundle: cap on its members' total unpacked size in
+        bytes (default 16 GiB).
     """
 
     keep_required: bool = True
@@ -62,6 +67,8 @@ class CodecOptions:
     evaluate_psnr: bool = True
     psnr_views: int = field(default=8, metadata={"min": 1})
     psnr_size: int = field(default=256, metadata={"min": 16, "max": 8192})
+    bundle_max_bytes: int = field(default=1_000_000_000, metadata={"min": 1})
+    bundle_max_unpacked: int = field(default=16 << 30, metadata={"min": 1})
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CodecOptions":
@@ -87,6 +94,13 @@ def main(
 ) -> dict[str, Any]:
     """Compress the splat PLY ``in_ply`` into ``out_path`` with ``preset``; return the report.
 
+    A preset that needs a bundle (:attr:`.presets.Preset.needs_bundle`) takes a bundle as
+    ``in_ply`` (``.tar``, ``.tar.gz``/``.tgz`` or a folder, :mod:`.bundle`): it is validated and
+    extracted into a temporary folder beside ``out_path`` (removed afterwards; caps: options
+    ``bundle_max_bytes``, ``bundle_max_unpacked``) and the encoder gets its PLY plus ``bundle=``.
+    Other presets take a PLY; a bundle given to them, or a PLY given to a bundle preset, is an
+    :class:`InputError` saying what to pass instead.
+
     The report (also written as JSON to ``report_path`` when given) has: status, preset,
     lossless, size_bytes_in, size_bytes_out, ply_save_pct (percent of the input size saved),
     delta_psnr_db (0.0 for lossless presets, by construction: the self-check proved the
@@ -103,16 +117,37 @@ def main(
     in_ply, out_path = Path(in_ply), Path(out_path)
     if in_ply.resolve() == out_path.resolve():
         raise InputError(f"{in_ply}: output path must differ from the input")
-    remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])])  # a killed run's
-    header = parse_header(in_ply)
-    validate_3dgs(header)
+    from .bundle import is_bundle_path, open_bundle, work_dir_pattern
+
+    # a killed run's temporaries: output, report, and a bundle's extraction folder
+    remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])],
+                             patterns=[work_dir_pattern(out_path, "bundle")])
+
+    if spec.needs_bundle:
+        if not is_bundle_path(in_ply):
+            raise InputError(f"{in_ply}: preset {preset!r} retrains the splat and needs a bundle (splat + cameras + "
+                             "images: .tar, .tar.gz or a folder), not a PLY; make one with "
+                             "`splatforge bundle SCENE_OR_WORKDIR out.tar.gz`")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.bundle.", suffix=".tmp") as work:
+            bundle = open_bundle(in_ply, work, max_bytes=opts.bundle_max_bytes, max_unpacked=opts.bundle_max_unpacked)
+            header = bundle.header
+            data = map_file(bundle.ply)
+            res, extra = spec.encode(bundle.ply, out_path, opts, header=header, data=data, bundle=bundle)
+            del data
+    else:
+        if in_ply.is_dir() or is_bundle_path(in_ply):
+            raise InputError(f"{in_ply}: preset {preset!r} takes a splat PLY, not a bundle; pass the bundle's "
+                             "point_cloud.ply, or use a preset that needs a bundle")
+        header = parse_header(in_ply)
+        validate_3dgs(header)
+        data = map_file(in_ply)
+        res, extra = spec.encode(in_ply, out_path, opts, header=header, data=data)
     names = [p.name for p in header.element("vertex").properties]
     try:
         deg: int | None = sh_degree_from_names(names)
     except InputError:
         deg = None
-    data = map_file(in_ply)
-    res, extra = spec.encode(in_ply, out_path, opts, header=header, data=data)
     lossless = spec.lossless
     report: dict[str, Any] = {
         "status": "ok",

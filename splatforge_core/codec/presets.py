@@ -46,6 +46,10 @@ class Preset:
         check: container presets: ``check(path, meta) -> PlyHeader`` validates the metadata of
             a container whose checksum passed (:func:`.container.verify_container`) without
             decoding it (``splatforge info``); raises :class:`InputError`.
+        needs_bundle: the preset retrains and takes a bundle (:mod:`.bundle`: splat + cameras +
+            images), not a PLY: :func:`~splatforge_core.codec.main` validates and extracts it and
+            calls ``encode(bundle.ply, out_path, opts, *, header, data, bundle)`` with the
+            :class:`.bundle.Bundle`; the workflow packs one (rule ``bundle``) as the input.
     """
 
     name: str
@@ -56,6 +60,7 @@ class Preset:
     decode: Callable[[str | os.PathLike], list]
     options: tuple[str, ...] = ()
     check: Callable[..., Any] | None = None
+    needs_bundle: bool = False
 
     @property
     def container(self) -> bool:

@@ -1,0 +1,191 @@
+"""Niantic SPZ's own C++ encoder side by side with the ``quantised`` preset (#20).
+
+Per file: SPZ's ``ply_to_spz`` (C++, zstd level 12, one thread per stream) wall time, our
+``quantised`` encoder (``splatforge_core.codec.quantised.encode_quantised`` without the
+optional render PSNR; the in-process decode self-check included) before the #20 speed-up
+(the module as of commit ``880670f``, loaded from git) and after, the ratio, the output sizes,
+and the render PSNR of each decoded splat against the original (the protocol of
+``benchmarks/results/codec.md``: 8 orbit views at 256x256, ``quantised.orbit_cameras`` /
+``render_splat``, CPU rasteriser; SPZ decoded with its own ``spz_to_ply``). Also our encoder
+with ``zstd_level`` 12 (SPZ's level) and 3, to show what the default level 16 costs: the
+default output must stay byte-identical, so only an explicit option changes the level.
+
+Building SPZ (nianticlabs/spz at commit 21715c3b7a609ea6fb7c69b8ae42181a12b59f22; needs
+cmake, g++, zlib1g-dev and libzstd-dev from apt)::
+
+    git -C SPZ_REPO archive HEAD CMakeLists.txt cmake src cli_tools LICENSE | tar -x -C spz-src
+    cmake -S spz-src -B /work/scratch/h20-spz/spz-build -DCMAKE_BUILD_TYPE=Release
+    cmake --build /work/scratch/h20-spz/spz-build -j 2
+
+Usage (from the repository root)::
+
+    python benchmarks/bench_spz.py [--spz-build DIR] [--files A.ply B.ply ...] [--synthetic N] [--out MD]
+
+Default files: every PLY in ``../shared/data/ply``, the demo splat (``work/scene/splat/splat.ply``
+of the main checkout, if present) and a synthetic SH3 PLY of ``--synthetic`` Gaussians (200,000;
+written to a temporary folder; no PSNR: its SH are white noise). Timings: median of ``--repeats``
+(3) runs, 1 for files above 20 MB, warm page cache; the machine's load (``uptime``) is recorded
+since the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from splatforge_core.codec import CodecOptions, decompress  # noqa: E402
+from splatforge_core.codec import quantised as Q  # noqa: E402
+from splatforge_core.codec.layout import map_file, parse_header, read_body  # noqa: E402
+from splatforge_core.codec.synthetic import synthetic_splat, write_ply  # noqa: E402
+
+SHARED = Path(os.environ.get("SPLATFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+BEFORE_COMMIT = "880670f"
+
+
+def load_before(tmp: Path):
+    """The ``quantised`` module as of :data:`BEFORE_COMMIT` (the encoder before #20), imported
+    inside the package so its relative imports resolve."""
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{BEFORE_COMMIT}:splatforge_core/codec/quantised.py"],
+                         check=True, capture_output=True).stdout
+    path = tmp / "quantised_before.py"
+    path.write_bytes(src)
+    spec = importlib.util.spec_from_file_location("splatforge_core.codec._quantised_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def timed(fn, repeats: int) -> float:
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def vertices(path: Path) -> np.ndarray:
+    return read_body(parse_header(path), map_file(path)).vertices
+
+
+def psnr_vs(ref_imgs: np.ndarray, v: np.ndarray, vm, Ks, size: int) -> tuple[float, float]:
+    """(pooled PSNR dB, worst view dB) of the renders of ``v`` against ``ref_imgs`` [V, H, W, 3]."""
+    b = Q.render_splat(v, vm, Ks, size)
+    mse = ((ref_imgs.astype(np.float64) - b) ** 2).reshape(len(b), -1).mean(1)
+    db = lambda m: float("inf") if m == 0 else 10 * math.log10(1 / m)  # noqa: E731
+    return db(float(mse.mean())), min(db(float(m)) for m in mse)
+
+
+def bench_file(src: Path, tmp: Path, spz_build: Path, before, repeats: int, psnr: bool) -> dict:
+    size_in = src.stat().st_size
+    reps = 1 if size_in > 20e6 else repeats
+    label = f"{src.parent.parent.name}/{src.name}" if src.name == "splat.ply" else src.name
+    row: dict = {"file": label, "gaussians": len(vertices(src)), "ply_bytes": size_in}
+    spz_out, spz_back = tmp / "out.spz", tmp / "spz_back.ply"
+    run = lambda *a: subprocess.run([str(x) for x in a], check=True, capture_output=True)  # noqa: E731
+    row["spz_s"] = timed(lambda: run(spz_build / "ply_to_spz", src, spz_out), reps)
+    row["spz_bytes"] = spz_out.stat().st_size
+    run(spz_build / "spz_to_ply", spz_out, spz_back)
+    opts = CodecOptions(evaluate_psnr=False)
+    ours, ours_before = tmp / "after.sfz", tmp / "before.sfz"
+    row["after_s"] = timed(lambda: Q.encode_quantised(src, ours, opts), reps)
+    row["before_s"] = timed(lambda: before.encode_quantised(src, ours_before, opts), 1)
+    row["identical"] = ours.read_bytes() == ours_before.read_bytes()
+    row["sfz_bytes"] = ours.stat().st_size
+    for lvl in (12, 3):
+        p = tmp / f"l{lvl}.sfz"
+        row[f"l{lvl}_s"] = timed(lambda: Q.encode_quantised(src, p, CodecOptions(evaluate_psnr=False, zstd_level=lvl)), reps)
+        row[f"l{lvl}_bytes"] = p.stat().st_size
+    if psnr:
+        orig = vertices(src)
+        vm, Ks = Q.orbit_cameras(Q._cols(orig, ["x", "y", "z"]), 8, 256)
+        ref = Q.render_splat(orig, vm, Ks, 256)
+        decompress(ours, tmp / "back.ply")
+        row["psnr_sfz"] = psnr_vs(ref, vertices(tmp / "back.ply"), vm, Ks, 256)
+        row["psnr_spz"] = psnr_vs(ref, vertices(spz_back), vm, Ks, 256)
+    return row
+
+
+def fmt_psnr(p) -> str:
+    return "n/a" if p is None else f"{p[0]:.1f} (min view {p[1]:.1f})"
+
+
+def table(rows: list[dict], load: str, cmd: str) -> str:
+    mb = lambda b: f"{b / 1e6:.2f}"  # noqa: E731
+    lines = [
+        "# SPZ's C++ encoder vs the `quantised` preset (#20)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, Python {platform.python_version()}; "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Load average (`uptime`) before / after: {load}.",
+        f"Reproduce: `{cmd}` (SPZ build steps in the script's docstring).",
+        "",
+        "Encode wall time in seconds: SPZ = `ply_to_spz` (C++, PLY read + pack + zstd level 12, streams in parallel "
+        "threads); ours = `encode_quantised` (PLY map + quantise + zstd level 16 + the in-process decode self-check; no "
+        "render PSNR), before = the encoder of commit 880670f, after = this commit; `identical`: the two .sfz are byte "
+        "for byte equal. Sizes in MB (1e6 bytes). PSNR: decoded splat vs the original, 8 orbit views at 256x256.",
+        "",
+        "| file | Gaussians | PLY MB | SPZ s | ours before s | ours after s | after / SPZ | identical | SPZ MB | .sfz MB "
+        "| .sfz lvl 12: s / MB | .sfz lvl 3: s / MB | PSNR SPZ dB | PSNR .sfz dB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['file']} | {r['gaussians']:,} | {mb(r['ply_bytes'])} | {r['spz_s']:.2f} | {r['before_s']:.2f} | "
+            f"{r['after_s']:.2f} | {r['after_s'] / r['spz_s']:.1f}x | {'yes' if r['identical'] else '**no**'} | "
+            f"{mb(r['spz_bytes'])} | {mb(r['sfz_bytes'])} | {r['l12_s']:.2f} / {mb(r['l12_bytes'])} | "
+            f"{r['l3_s']:.2f} / {mb(r['l3_bytes'])} | {fmt_psnr(r.get('psnr_spz'))} | {fmt_psnr(r.get('psnr_sfz'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spz-build", type=Path, default=Path("/work/scratch/h20-spz/spz-build"))
+    ap.add_argument("--files", type=Path, nargs="*")
+    ap.add_argument("--synthetic", type=int, default=200_000, help="synthetic SH3 Gaussians (0: none)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "spz.md")
+    a = ap.parse_args(argv)
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        before = load_before(tmp)
+        files = a.files
+        if files is None:
+            files = sorted((SHARED / "ply").glob("*.ply"))
+            demo = REPO.parent / "main" / "work" / "scene" / "splat" / "splat.ply"
+            files += [demo] if demo.exists() else []
+        jobs = [(f, True) for f in files]
+        if a.synthetic:
+            syn = tmp / f"synthetic_sh3_{a.synthetic}.ply"
+            write_ply(syn, synthetic_splat(a.synthetic, 3, seed=0))
+            jobs.append((syn, False))
+        rows = []
+        for f, psnr in jobs:
+            print(f"{f} ...", file=sys.stderr, flush=True)
+            rows.append(bench_file(f, tmp, a.spz_build, before, a.repeats, psnr))
+    load1 = os.getloadavg()
+    load = f"{load0[0]:.1f} / {load1[0]:.1f} (1-min)"
+    md = table(rows, load, "python benchmarks/bench_spz.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    a.out.write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ Usage (from the repository root)::
 Default files: every PLY in ``../shared/data/ply``, the demo splat (``work/scene/splat/splat.ply``
 of the main checkout, if present) and a synthetic SH3 PLY of ``--synthetic`` Gaussians (200,000;
 written to a temporary folder; no PSNR: its SH are white noise). Timings: median of ``--repeats``
-(3) runs, 1 for files above 20 MB, warm page cache; the machine's load (``uptime``) is recorded
+(3) runs, a third of them for files above 20 MB, the variants interleaved, warm page cache; the machine's load (``uptime``) is recorded
 since the machine is shared.
 """
 
@@ -71,13 +71,27 @@ def load_before(tmp: Path):
     return mod
 
 
-def timed(fn, repeats: int) -> float:
-    ts = []
+def timed(fns: dict, repeats: int) -> dict:
+    """Median wall and CPU seconds of each zero-argument callable in ``fns``, the repeats interleaved
+    (A B C A B C ...) so that every variant sees the same share of a shared machine's load.
+
+    CPU seconds = user + system time of this process (all its threads) and of its waited-for
+    children (the SPZ subprocess): far less sensitive to other jobs than wall time.
+    Returns {name: (wall_s, cpu_s)}.
+    """
+    import resource
+
+    def cpu() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    ts: dict = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), cpu()
+            fn()
+            ts[k].append((time.perf_counter() - t, cpu() - c))
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in ts.items()}
 
 
 def vertices(path: Path) -> np.ndarray:
@@ -94,29 +108,34 @@ def psnr_vs(ref_imgs: np.ndarray, v: np.ndarray, vm, Ks, size: int) -> tuple[flo
 
 def bench_file(src: Path, tmp: Path, spz_build: Path, before, repeats: int, psnr: bool) -> dict:
     size_in = src.stat().st_size
-    reps = 1 if size_in > 20e6 else repeats
+    reps = max(1, repeats // 3) if size_in > 20e6 else repeats
     label = f"{src.parent.parent.name}/{src.name}" if src.name == "splat.ply" else src.name
     row: dict = {"file": label, "gaussians": len(vertices(src)), "ply_bytes": size_in}
     spz_out, spz_back = tmp / "out.spz", tmp / "spz_back.ply"
     run = lambda *a: subprocess.run([str(x) for x in a], check=True, capture_output=True)  # noqa: E731
-    row["spz_s"] = timed(lambda: run(spz_build / "ply_to_spz", src, spz_out), reps)
-    row["spz_bytes"] = spz_out.stat().st_size
-    run(spz_build / "spz_to_ply", spz_out, spz_back)
     opts = CodecOptions(evaluate_psnr=False)
     ours, ours_before = tmp / "after.sfz", tmp / "before.sfz"
-    row["after_s"] = timed(lambda: Q.encode_quantised(src, ours, opts), reps)
-    row["before_s"] = timed(lambda: before.encode_quantised(src, ours_before, opts), 1)
+    o12, o3 = CodecOptions(evaluate_psnr=False, zstd_level=12), CodecOptions(evaluate_psnr=False, zstd_level=3)
+    t = timed({"spz": lambda: run(spz_build / "ply_to_spz", src, spz_out),
+               "after": lambda: Q.encode_quantised(src, ours, opts),
+               "before": lambda: before.encode_quantised(src, ours_before, opts),
+               "l12": lambda: Q.encode_quantised(src, tmp / "l12.sfz", o12),
+               "l3": lambda: Q.encode_quantised(src, tmp / "l3.sfz", o3)}, reps)
+    for k, (w, c) in t.items():
+        row[f"{k}_s"], row[f"{k}_cpu"] = w, c
+    row["spz_bytes"] = spz_out.stat().st_size
+    run(spz_build / "spz_to_ply", spz_out, spz_back)
     row["identical"] = ours.read_bytes() == ours_before.read_bytes()
     row["sfz_bytes"] = ours.stat().st_size
     for lvl in (12, 3):
-        p = tmp / f"l{lvl}.sfz"
-        row[f"l{lvl}_s"] = timed(lambda: Q.encode_quantised(src, p, CodecOptions(evaluate_psnr=False, zstd_level=lvl)), reps)
-        row[f"l{lvl}_bytes"] = p.stat().st_size
+        row[f"l{lvl}_bytes"] = (tmp / f"l{lvl}.sfz").stat().st_size
+    decompress(ours, tmp / "back.ply")
+    decompress(tmp / "l3.sfz", tmp / "back3.ply")  # only the zstd level differs: the same decoded PLY
+    row["l3_same_decode"] = (tmp / "back.ply").read_bytes() == (tmp / "back3.ply").read_bytes()
     if psnr:
         orig = vertices(src)
         vm, Ks = Q.orbit_cameras(Q._cols(orig, ["x", "y", "z"]), 8, 256)
         ref = Q.render_splat(orig, vm, Ks, 256)
-        decompress(ours, tmp / "back.ply")
         row["psnr_sfz"] = psnr_vs(ref, vertices(tmp / "back.ply"), vm, Ks, 256)
         row["psnr_spz"] = psnr_vs(ref, vertices(spz_back), vm, Ks, 256)
     return row
@@ -135,21 +154,25 @@ def table(rows: list[dict], load: str, cmd: str) -> str:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Load average (`uptime`) before / after: {load}.",
         f"Reproduce: `{cmd}` (SPZ build steps in the script's docstring).",
         "",
-        "Encode wall time in seconds: SPZ = `ply_to_spz` (C++, PLY read + pack + zstd level 12, streams in parallel "
-        "threads); ours = `encode_quantised` (PLY map + quantise + zstd level 16 + the in-process decode self-check; no "
-        "render PSNR), before = the encoder of commit 880670f, after = this commit; `identical`: the two .sfz are byte "
-        "for byte equal. Sizes in MB (1e6 bytes). PSNR: decoded splat vs the original, 8 orbit views at 256x256.",
+        "Encode time in seconds, wall / CPU (user + system of all threads; CPU time is what the load of other jobs "
+        "disturbs least): SPZ = `ply_to_spz` (C++, PLY read + pack + zstd level 12, streams in parallel threads); "
+        "ours = `encode_quantised` (PLY map + quantise + zstd level 16 + the in-process decode self-check; no render "
+        "PSNR), before = the encoder of commit 880670f, after = this commit; runs interleaved, median of the repeats; "
+        "`identical`: the two .sfz are byte for byte equal. Sizes in MB (1e6 bytes). PSNR: decoded splat vs the "
+        "original, 8 orbit views at 256x256. The level 12 / 3 outputs decode to the same PLY as level 16 "
+        f"(checked: {'yes' if all(r['l3_same_decode'] for r in rows) else '**no**'}), so they have the same PSNR.",
         "",
-        "| file | Gaussians | PLY MB | SPZ s | ours before s | ours after s | after / SPZ | identical | SPZ MB | .sfz MB "
-        "| .sfz lvl 12: s / MB | .sfz lvl 3: s / MB | PSNR SPZ dB | PSNR .sfz dB |",
+        "| file | Gaussians | PLY MB | SPZ s | ours before s | ours after s | after / SPZ (wall, CPU) | identical | SPZ MB "
+        "| .sfz MB | .sfz lvl 12: s / MB | .sfz lvl 3: s / MB | PSNR SPZ dB | PSNR .sfz dB |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
+        wc = lambda k: f"{r[k + '_s']:.2f} / {r[k + '_cpu']:.2f}"  # noqa: E731
         lines.append(
-            f"| {r['file']} | {r['gaussians']:,} | {mb(r['ply_bytes'])} | {r['spz_s']:.2f} | {r['before_s']:.2f} | "
-            f"{r['after_s']:.2f} | {r['after_s'] / r['spz_s']:.1f}x | {'yes' if r['identical'] else '**no**'} | "
-            f"{mb(r['spz_bytes'])} | {mb(r['sfz_bytes'])} | {r['l12_s']:.2f} / {mb(r['l12_bytes'])} | "
-            f"{r['l3_s']:.2f} / {mb(r['l3_bytes'])} | {fmt_psnr(r.get('psnr_spz'))} | {fmt_psnr(r.get('psnr_sfz'))} |")
+            f"| {r['file']} | {r['gaussians']:,} | {mb(r['ply_bytes'])} | {wc('spz')} | {wc('before')} | {wc('after')} | "
+            f"{r['after_s'] / r['spz_s']:.1f}x, {r['after_cpu'] / r['spz_cpu']:.1f}x | {'yes' if r['identical'] else '**no**'} | "
+            f"{mb(r['spz_bytes'])} | {mb(r['sfz_bytes'])} | {wc('l12')} / {mb(r['l12_bytes'])} | "
+            f"{wc('l3')} / {mb(r['l3_bytes'])} | {fmt_psnr(r.get('psnr_spz'))} | {fmt_psnr(r.get('psnr_sfz'))} |")
     return "\n".join(lines) + "\n"
 
 

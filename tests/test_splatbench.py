@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_bench_rows_columns_and_lossless_delta_zero(scene_dir: Path) -> None:
     lossless, quant = rows
     assert lossless["delta_psnr_db"] == 0.0 and lossless["delta_ssim"] == 0.0
     assert lossless["psnr_out_db"] == lossless["psnr_in_db"]
+    assert lossless["report"] == {"delta_psnr_db": 0.0}  # the preset's own report agrees
     assert quant["size_out_mb"] < lossless["size_out_mb"] and quant["save_pct"] > 50
     assert quant["delta_psnr_db"] != 0.0 and abs(quant["delta_psnr_db"]) < 5  # lossy, but close
     assert quant["encode_s"] > 0 and quant["finetune_s"] is None
@@ -70,6 +72,8 @@ def test_cli_writes_table(scene_dir: Path, tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     row = [ln for ln in lines if ln.startswith(f"| {scene_dir.name} | qat-3dgs |")]
     assert len(row) == 1 and "| +0.000 | +0.0000 |" in row[0]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [r["preset"] for r in rows] == ["qat-3dgs"] and list(rows[0]) == sb.COLUMNS
 
 
 @pytest.mark.hostile(cls="splatbench", expect="clear_error")

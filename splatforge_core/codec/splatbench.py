@@ -52,7 +52,11 @@ SPZ = "spz"
 
 #: Table columns, in order (``to_markdown``; also the keys of every row dict).
 COLUMNS = ["scene", "preset", "gaussians", "size_in_mb", "size_out_mb", "save_pct", "delta_psnr_db", "delta_ssim",
-           "psnr_in_db", "psnr_out_db", "encode_s", "finetune_s", "status"]
+           "psnr_in_db", "psnr_out_db", "encode_s", "finetune_s", "status", "report"]
+
+#: Keys of a preset's own report copied into the row's ``report`` (e.g. a QAT preset's comparison of the input,
+#: post-hoc quantised, QAT and fp32-finetuned splats on its held-out views), when present.
+REPORT_PREFIXES = ("psnr_", "ssim_", "delta_psnr", "delta_ssim", "finetune_iters", "comparison", "four_way")
 
 #: Options per preset for the bench (the ``quantised`` render PSNR is an extra the bench does itself).
 DEFAULT_OPTIONS: dict[str, dict] = {"quantised": {"evaluate_psnr": False}}
@@ -125,7 +129,7 @@ def _row(scene: Scene, preset: str, n: int, size_out: Optional[int], q_in, q_out
          "size_out_mb": None if size_out is None else size_out / 1e6,
          "save_pct": None if size_out is None else 100.0 * (1 - size_out / size_in),
          "delta_psnr_db": None, "delta_ssim": None, "psnr_in_db": q_in[0], "psnr_out_db": None,
-         "encode_s": encode_s, "finetune_s": finetune_s, "status": status}
+         "encode_s": encode_s, "finetune_s": finetune_s, "status": status, "report": {}}
     if q_out is not None:
         r["psnr_out_db"] = q_out[0]
         r["delta_psnr_db"] = q_out[0] - q_in[0] if q_out[0] != q_in[0] else 0.0
@@ -160,6 +164,7 @@ def run_preset(scene: Scene, preset: str, views: list, q_in: tuple[float, float]
     q_out = heldout_quality(dec, views)
     row = _row(scene, preset, len(dec["means"]), out.stat().st_size, q_in, q_out, wall - finetune,
                finetune if "train_wall_secs" in rep else None)
+    row["report"] = {k: v for k, v in rep.items() if k.startswith(REPORT_PREFIXES) and v is not None and not isinstance(v, str)}
     out.unlink()
     back.unlink()
     return row
@@ -240,16 +245,25 @@ def _fmt(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
+def _report_cell(rep: Optional[dict]) -> str:
+    """A preset report's quality fields, compact JSON (``|`` escaped for Markdown)."""
+    import json
+
+    if not rep:
+        return ""
+    return json.dumps(rep, separators=(",", ":"), default=str).replace("|", "\\|")
+
+
 def to_markdown(rows: list[dict[str, Any]], note: str = "") -> str:
     """The SplatBench table as Markdown (one line per row, :data:`COLUMNS` order)."""
     head = ["scene", "preset", "Gaussians", "size in MB", "size out MB", "save %", "delta PSNR dB", "delta SSIM",
-            "held-out PSNR in dB", "held-out PSNR out dB", "encode s", "finetune s", "status"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 10 + "---|"]
+            "held-out PSNR in dB", "held-out PSNR out dB", "encode s", "finetune s", "status", "preset's own report"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 10 + "---|---|"]
     for r in rows:
         cells = [r["scene"], r["preset"], _fmt(r["gaussians"], ","), _fmt(r["size_in_mb"], ".2f"),
                  _fmt(r["size_out_mb"], ".2f"), _fmt(r["save_pct"], ".1f"), _fmt(r["delta_psnr_db"], "+.3f"),
                  _fmt(r["delta_ssim"], "+.4f"), _fmt(r["psnr_in_db"], ".2f"), _fmt(r["psnr_out_db"], ".2f"),
-                 _fmt(r["encode_s"], ".2f"), _fmt(r["finetune_s"], ".1f"), r["status"]]
+                 _fmt(r["encode_s"], ".2f"), _fmt(r["finetune_s"], ".1f"), r["status"], _report_cell(r.get("report"))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
 
@@ -274,6 +288,8 @@ def _parse_options(items: list[str]) -> dict[str, dict]:
 
 def cli(argv: list[str] | None = None) -> int:
     """``splatforge bench``: run SplatBench and write its table (Markdown)."""
+    import json
+
     from .presets import PRESETS
 
     ap = argparse.ArgumentParser(prog="splatforge bench", description=(__doc__ or "").split("\n")[0])
@@ -284,7 +300,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, default=256, help="held-out image size, longer side in pixels (256)")
     ap.add_argument("--max-views", type=int, default=0, help="at most this many held-out views per scene (0: all)")
     ap.add_argument("--option", action="append", default=[], metavar="PRESET.KEY=VALUE", help="a preset option")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/splatbench.md"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/splatbench.md"),
+                    help="the Markdown table; the rows also go to the same name with .json")
     a = ap.parse_args(argv)
     scenes = [open_scene(s) for s in a.scenes]
     opts = _parse_options(a.option)
@@ -301,6 +318,8 @@ def cli(argv: list[str] | None = None) -> int:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(a.out) as tmp:
             Path(tmp).write_text(to_markdown(rows, note))
+        with atomic_path(a.out.with_suffix(".json")) as tmp:
+            Path(tmp).write_text(json.dumps(rows, indent=1, default=str))
 
     bench(scenes, a.presets, spz=not a.no_spz, max_side=a.max_side, max_views=a.max_views, options=opts, on_row=write)
     write()

@@ -55,11 +55,11 @@ def test_bench_rows_columns_and_lossless_delta_zero(scene_dir: Path) -> None:
     assert lossless["report"] == {"delta_psnr_db": 0.0}  # the preset's own report agrees
     assert quant["size_out_mb"] < lossless["size_out_mb"] and quant["save_pct"] > 50
     assert quant["delta_psnr_db"] != 0.0 and abs(quant["delta_psnr_db"]) < 5  # lossy, but close
-    assert quant["encode_s"] > 0 and quant["finetune_s"] is None
+    assert quant["encode_s"] > 0 and quant["encode_cpu_s"] > 0 and quant["finetune_s"] is None
     md = sb.to_markdown(rows)
     header = md.splitlines()[0]
     for col in ("scene", "preset", "Gaussians", "size in MB", "size out MB", "save %", "delta PSNR dB", "delta SSIM",
-                "encode s", "finetune s"):
+                "encode s", "encode CPU s", "finetune s"):
         assert f"| {col} |" in header
     assert len(md.splitlines()) == 2 + len(rows)
 

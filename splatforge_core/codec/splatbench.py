@@ -52,7 +52,7 @@ SPZ = "spz"
 
 #: Table columns, in order (``to_markdown``; also the keys of every row dict).
 COLUMNS = ["scene", "preset", "gaussians", "size_in_mb", "size_out_mb", "save_pct", "delta_psnr_db", "delta_ssim",
-           "psnr_in_db", "psnr_out_db", "encode_s", "finetune_s", "status", "report"]
+           "psnr_in_db", "psnr_out_db", "encode_s", "encode_cpu_s", "finetune_s", "status", "report"]
 
 #: Keys of a preset's own report copied into the row's ``report`` (e.g. a QAT preset's comparison of the input,
 #: post-hoc quantised, QAT and fp32-finetuned splats on its held-out views), when present.
@@ -122,14 +122,23 @@ def heldout_quality(splat: dict, views: list) -> tuple[float, float]:
     return float(np.mean(ps)), float(np.mean(ss))
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all threads) and of its finished children (node for SPZ)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
 def _row(scene: Scene, preset: str, n: int, size_out: Optional[int], q_in, q_out, encode_s, finetune_s,
-         status: str = "ok") -> dict[str, Any]:
+         status: str = "ok", encode_cpu_s: Optional[float] = None) -> dict[str, Any]:
     size_in = scene.ply.stat().st_size
     r = {"scene": scene.name, "preset": preset, "gaussians": n, "size_in_mb": size_in / 1e6,
          "size_out_mb": None if size_out is None else size_out / 1e6,
          "save_pct": None if size_out is None else 100.0 * (1 - size_out / size_in),
          "delta_psnr_db": None, "delta_ssim": None, "psnr_in_db": q_in[0], "psnr_out_db": None,
-         "encode_s": encode_s, "finetune_s": finetune_s, "status": status, "report": {}}
+         "encode_s": encode_s, "encode_cpu_s": encode_cpu_s, "finetune_s": finetune_s, "status": status,
+         "report": {}}
     if q_out is not None:
         r["psnr_out_db"] = q_out[0]
         r["delta_psnr_db"] = q_out[0] - q_in[0] if q_out[0] != q_in[0] else 0.0
@@ -152,9 +161,9 @@ def run_preset(scene: Scene, preset: str, views: list, q_in: tuple[float, float]
     src = scene.root if getattr(spec, "needs_bundle", False) else scene.ply
     out, back = tmp / f"out{spec.suffix}", tmp / "back.ply"
     try:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         rep = main(src, out, None, preset, options)
-        wall = time.perf_counter() - t
+        wall, cpu = time.perf_counter() - t, cpu_seconds() - c
         finetune = float(rep.get("train_wall_secs") or 0.0)
         decompress(out, back)
         dec = read_splat_ply(back)
@@ -163,7 +172,8 @@ def run_preset(scene: Scene, preset: str, views: list, q_in: tuple[float, float]
         return _row(scene, preset, n, None, q_in, None, None, None, "failed: " + " ".join(str(e).split()))
     q_out = heldout_quality(dec, views)
     row = _row(scene, preset, len(dec["means"]), out.stat().st_size, q_in, q_out, wall - finetune,
-               finetune if "train_wall_secs" in rep else None)
+               finetune if "train_wall_secs" in rep else None,
+               encode_cpu_s=None if "train_wall_secs" in rep else cpu)  # a finetune's CPU time is not separable
     row["report"] = {k: v for k, v in rep.items() if k.startswith(REPORT_PREFIXES) and v is not None and not isinstance(v, str)}
     out.unlink()
     back.unlink()
@@ -176,14 +186,15 @@ def run_spz(scene: Scene, splat: dict, views: list, q_in: tuple[float, float], t
 
     out = tmp / "out.spz"
     try:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         write_any(out, splat)
-        enc = time.perf_counter() - t
+        enc, cpu = time.perf_counter() - t, cpu_seconds() - c
         dec = read_any(out)
     except SplatForgeError as e:
         log.warning("%s / spz: %s", scene.name, e)
         return _row(scene, SPZ, len(splat["means"]), None, q_in, None, None, None, "failed: " + " ".join(str(e).split()))
-    row = _row(scene, SPZ, len(dec["means"]), out.stat().st_size, q_in, heldout_quality(dec, views), enc, None)
+    row = _row(scene, SPZ, len(dec["means"]), out.stat().st_size, q_in, heldout_quality(dec, views), enc, None,
+               encode_cpu_s=cpu)
     out.unlink()
     return row
 
@@ -257,13 +268,15 @@ def _report_cell(rep: Optional[dict]) -> str:
 def to_markdown(rows: list[dict[str, Any]], note: str = "") -> str:
     """The SplatBench table as Markdown (one line per row, :data:`COLUMNS` order)."""
     head = ["scene", "preset", "Gaussians", "size in MB", "size out MB", "save %", "delta PSNR dB", "delta SSIM",
-            "held-out PSNR in dB", "held-out PSNR out dB", "encode s", "finetune s", "status", "preset's own report"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 10 + "---|---|"]
+            "held-out PSNR in dB", "held-out PSNR out dB", "encode s", "encode CPU s", "finetune s", "status",
+            "preset's own report"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 11 + "---|---|"]
     for r in rows:
         cells = [r["scene"], r["preset"], _fmt(r["gaussians"], ","), _fmt(r["size_in_mb"], ".2f"),
                  _fmt(r["size_out_mb"], ".2f"), _fmt(r["save_pct"], ".1f"), _fmt(r["delta_psnr_db"], "+.3f"),
                  _fmt(r["delta_ssim"], "+.4f"), _fmt(r["psnr_in_db"], ".2f"), _fmt(r["psnr_out_db"], ".2f"),
-                 _fmt(r["encode_s"], ".2f"), _fmt(r["finetune_s"], ".1f"), r["status"], _report_cell(r.get("report"))]
+                 _fmt(r["encode_s"], ".2f"), _fmt(r["encode_cpu_s"], ".2f"), _fmt(r["finetune_s"], ".1f"), r["status"],
+                 _report_cell(r.get("report"))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
 

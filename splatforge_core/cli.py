@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "flythrough": ("splatforge_core.video", "cli", "fly-through MP4 of a splat along the smoothed capture trajectory"),
     "prune": ("splatforge_core.prune", "cli", "keep the most significant fraction of a splat's Gaussians (--keep 0.25)"),
     "convert": ("splatforge_core.formats", "cli", "convert a splat between .ply, .splat, .spz and .sog (by suffix)"),
+    "bench": ("splatforge_core.codec.splatbench", "cli", "SplatBench: every codec preset + SPZ on scenes, held-out PSNR/SSIM"),
 }
 
 

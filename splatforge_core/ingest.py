@@ -1,4 +1,4 @@
-"""Ingest stage: read the EXIF GPS of a folder of photos into ``manifest.json``.
+"""Ingest stage: read the GPS (EXIF, else XMP) of a folder of photos into ``manifest.json``.
 
 What it does
 ------------
@@ -17,6 +17,12 @@ What it does
 * Detects 360 equirectangular panoramas from the GPano XMP ``ProjectionType`` (Google Photo
   Sphere XMP metadata, https://developers.google.com/streetview/spherical-metadata), or, when
   no GPano data is present, from a 2:1 aspect ratio.
+* Reads the GPS position from EXIF, or, when EXIF has none (or its EXIF block is unreadable),
+  from XMP (:func:`xmp_gps`: ``exif:GPSLatitude``/``exif:GPSLongitude``/``exif:GPSAltitude`` as
+  editors and some 360 cameras write them, or DJI's ``drone-dji:GpsLatitude``/``GpsLongitude``/
+  ``AbsoluteAltitude``). EXIF wins when both have one; each image records ``gps_source``
+  (``"exif"`` or ``"xmp"``). The XMP packet is parsed with ``defusedxml`` (:func:`parse_xmp`),
+  DTDs and entity declarations forbidden and its size bounded.
 * GPS outliers (:func:`gps_outliers`: robust distance from the median position, altitude far
   from the median altitude or physically absurd) are left out like any unusable fix. The first
   fix of the remaining (inlier) set in sorted file-name order is the origin; every fix is
@@ -27,8 +33,13 @@ What it does
 Decisions on bad input (each covered by ``tests/test_ingest.py``)
 -----------------------------------------------------------------
 * no GPS / unusable GPS (missing, (0, 0), out of range, ``GPSStatus`` void, missing hemisphere
-  reference): skipped with the reason, or kept with ``null`` position when
-  ``require_gps`` is false;
+  reference), in EXIF or, when EXIF has none, in XMP (an unreadable XMP value such as
+  ``exif:GPSLatitude="abc"``, or a missing hemisphere): skipped with the reason, or kept with
+  ``null`` position when ``require_gps`` is false;
+* an XMP packet with a DTD, entity declarations or external references (an "XML bomb"; XMP
+  needs none of them) or larger than 1 MiB: the file is skipped with the reason ("XMP metadata
+  refused"), refused at the declaration without expanding anything. An XMP packet that is merely
+  not well-formed XML is ignored (GPano falls back to a pattern search; no XMP GPS);
 * not a JPEG although named ``.jpg`` (magic bytes: PNG, text...), zero bytes, corrupt header,
   truncated data, a header whose size the data cannot fill, more than ``max_pixels`` pixels,
   12-bit/lossless/hierarchical JPEG: skipped with the reason (a warning naming the file); an
@@ -65,13 +76,18 @@ Precisely, the error this makes in local ENU coordinates is:
 * the variation of ``N`` across the scene enters the up axis directly; geoid slopes are
   typically below 1e-4 (under 2 cm over 200 m), far below consumer GPS altitude noise (metres).
 
+XMP's ``exif:GPSAltitude`` is the same quantity as the EXIF tag; DJI's
+``drone-dji:AbsoluteAltitude`` is the drone's altitude above sea level (DJI documents no geoid
+model for it) and is used the same way.
+
 An image with a horizontal fix but no ``GPSAltitude`` is kept with its altitude filled with the
 median altitude of the images that have one (0.0 if none has), flagged ``"alt_filled": true``.
 
 Extra manifest keys beyond the ``docs/formats.md`` example (additive, readers may ignore them):
 ``timestamp_source`` (``"exif_datetime_original"``, ``"gps_utc"`` or ``null``), ``alt_filled``
 (bool), ``heading_deg`` / ``heading_ref`` (EXIF ``GPSImgDirection`` / ``GPSImgDirectionRef``, or
-``null``), ``gpano_pose_deg`` (GPano pose heading/pitch/roll, or ``null``), ``sha256`` (of the
+``null``; EXIF only), ``gpano_pose_deg`` (GPano pose heading/pitch/roll, or ``null``), ``gps_source``
+(``"exif"``, ``"xmp"`` or ``null`` without a position), ``sha256`` (of the
 file's bytes) and ``color_mode`` (Pillow mode: ``RGB``, ``L``, ``CMYK``) per image; ``path`` in
 each ``skipped`` record; ``options`` (the options used), ``duplicates`` (``name``,
 ``duplicate_of``, ``sha256``) and ``gps_outliers`` (``name``, ``lat``, ``lon``, ``alt``,
@@ -94,6 +110,8 @@ from typing import Any
 
 import numpy as np
 import piexif
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeET
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import InputError
@@ -111,7 +129,11 @@ ALTITUDE_REFERENCE = (
     "see splatforge_core/ingest.py docstring)"
 )
 GPANO_NS = "http://ns.google.com/photos/1.0/panorama/"
+XMP_EXIF_NS = "http://ns.adobe.com/exif/1.0/"  # Adobe XMP Specification Part 2, 3.2 (the "exif:" prefix)
+XMP_DJI_NS = "http://www.dji.com/drone-dji/1.0/"  # DJI drones' "drone-dji:" properties
+XMP_MAX_BYTES = 1 << 20  # a standard XMP packet fits one 64 KiB APP1 segment; 1 MiB is a generous bound
 REASON_NO_GPS = "no GPS in EXIF"
+REASON_NO_GPS_ANY = "no GPS in EXIF or XMP"
 
 
 # --------------------------------------------------------------------------------------
@@ -250,10 +272,9 @@ def _parse_gps(gps: dict) -> tuple[float, float, float | None] | str:
         return f"GPS hemisphere reference missing or invalid (GPSLatitudeRef={lat_ref!r}, GPSLongitudeRef={lon_ref!r})"
     lat = -lat if lat_ref.upper() == "S" else lat
     lon = -lon if lon_ref.upper() == "W" else lon
-    if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
-        return f"GPS out of range (lat {lat:.7f}, lon {lon:.7f})"
-    if lat == 0 and lon == 0:
-        return "GPS at (0, 0): placeholder fix, not a real position"
+    bad = _check_fix(lat, lon)
+    if bad:
+        return bad
     alt = _rational(gps[G.GPSAltitude]) if G.GPSAltitude in gps else None
     if alt is not None:
         if not math.isfinite(alt):
@@ -310,33 +331,207 @@ def _parse_timestamp(exif: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _gpano(xmp: bytes | str | None) -> dict[str, str]:
-    """GPano properties (``ProjectionType``, ``FullPanoWidthPixels``...) from an XMP packet.
+class XmpRefused(ValueError):
+    """An XMP packet ingest will not parse: larger than ``XMP_MAX_BYTES`` or holding a DTD, entity
+    declarations or external references (none of which XMP needs; an "XML bomb" uses them)."""
 
-    Handles both RDF forms, attributes on ``rdf:Description`` and child elements.
-    Returns an empty dict when there is no XMP or no GPano data.
+
+def parse_xmp(xmp: bytes | str, max_bytes: int = XMP_MAX_BYTES) -> ET.Element:
+    """Parse an XMP packet (the RDF/XML in a JPEG's APP1 ``http://ns.adobe.com/xap/1.0/`` segment).
+
+    Photos are untrusted input, so the packet is parsed with ``defusedxml`` with DTDs, entity
+    declarations and external references forbidden: an entity-expansion bomb ("billion laughs")
+    or an external entity is refused at its declaration, before anything is expanded.
+
+    Args:
+        xmp: the packet, bytes (UTF-8 per the XMP specification) or str; the ``<?xpacket?>``
+            wrapper, surrounding whitespace and NUL padding are allowed.
+        max_bytes: larger packets are refused unread.
+
+    Returns:
+        The root element (``x:xmpmeta`` or ``rdf:RDF``), an :class:`xml.etree.ElementTree.Element`.
+
+    Raises:
+        XmpRefused: too large, or a DTD / entity / external reference (the message says which).
+        xml.etree.ElementTree.ParseError: not well-formed XML.
     """
-    if not xmp:
-        return {}
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8", errors="replace")
-    out: dict[str, str] = {}
+    if len(xmp) > max_bytes:
+        raise XmpRefused(f"XMP packet of {len(xmp)} bytes is larger than {max_bytes} bytes")
     try:
-        # strip the <?xpacket ...?> processing instructions and padding around the packet
-        root = ET.fromstring(xmp.strip().strip(b"\x00"))
-        pre = "{" + GPANO_NS + "}"
-        for el in root.iter():
-            for k, v in el.attrib.items():
-                if k.startswith(pre):
-                    out[k[len(pre):]] = v.strip()
-            if isinstance(el.tag, str) and el.tag.startswith(pre) and el.text:
-                out[el.tag[len(pre):]] = el.text.strip()
-    except ET.ParseError:
-        # Malformed XML: fall back to a plain pattern search for the one property that matters.
-        m = re.search(rb"GPano:ProjectionType(?:>|=[\"'])\s*([A-Za-z]+)", xmp)
-        if m:
-            out["ProjectionType"] = m.group(1).decode()
+        return SafeET.fromstring(xmp.strip().strip(b"\x00"), forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as e:
+        raise XmpRefused(f"XMP packet declares a DTD, entities or external references ({type(e).__name__}), as an "
+                         f"XML bomb does") from e
+
+
+def _xmp_properties(root: ET.Element | None, namespaces: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """Simple (text) XMP properties of the given namespaces: ``{(namespace, local name): value}``.
+
+    Handles both RDF forms, attributes on ``rdf:Description`` and child elements with text; the
+    first occurrence wins. Structured values (``rdf:Seq``...) are left out (their text is empty).
+    """
+    out: dict[tuple[str, str], str] = {}
+    if root is None:
+        return out
+    pre = {"{" + ns + "}": ns for ns in namespaces}
+
+    def put(qname: str, v: str | None) -> None:
+        if not qname.startswith("{") or v is None or not v.strip():
+            return
+        ns_end = qname.index("}") + 1
+        ns = pre.get(qname[:ns_end])
+        if ns is not None:
+            out.setdefault((ns, qname[ns_end:]), v.strip())
+
+    for el in root.iter():
+        for k, v in el.attrib.items():
+            put(k, v)
+        if isinstance(el.tag, str):
+            put(el.tag, el.text)
     return out
+
+
+def _gpano(root: ET.Element | None, raw: bytes | None = None) -> dict[str, str]:
+    """GPano properties (``ProjectionType``, ``FullPanoWidthPixels``...) from a parsed XMP packet.
+
+    Args:
+        root: :func:`parse_xmp`'s result, or None (no XMP, or not well-formed).
+        raw: the raw packet; when ``root`` is None the one property that matters,
+            ``GPano:ProjectionType``, is looked for with a plain pattern search in it.
+
+    Returns:
+        ``{local name: value}``; empty when there is no GPano data.
+    """
+    if root is not None:
+        return {k[1]: v for k, v in _xmp_properties(root, (GPANO_NS,)).items()}
+    if raw:
+        m = re.search(rb"GPano:ProjectionType(?:>|=[\"'])\s*([A-Za-z]+)", raw[:XMP_MAX_BYTES])
+        if m:
+            return {"ProjectionType": m.group(1).decode()}
+    return {}
+
+
+_XMP_NUMBER = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:/([0-9]+))?")
+
+
+def _xmp_number(s: str) -> float | None:
+    """XMP ``Real`` (``"26.604738"``) or ``Rational`` (``"3628/100"``) text -> float (unsigned);
+    None when unreadable or a zero denominator."""
+    m = _XMP_NUMBER.fullmatch(s.strip())
+    if not m:
+        return None
+    v = float(m.group(1))
+    if m.group(2) is not None:
+        den = int(m.group(2))
+        if den == 0:
+            return None
+        v /= den
+    return v
+
+
+def _xmp_coordinate(value: str, ref: str | None, hemispheres: str) -> tuple[float, str] | None:
+    """XMP ``GPSCoordinate`` text -> (unsigned decimal degrees, hemisphere letter).
+
+    The XMP form (Adobe XMP Specification Part 2, 3.2.4 GPSCoordinate) is ``"DDD,MM,SSk"`` or
+    ``"DDD,MM.mmk"`` with ``k`` one of N, S, E, W; writers also put EXIF-style rationals
+    (``"52/1,26/1,3628/100"``) or decimal degrees there and the hemisphere in a separate
+    ``exif:GPSLatitudeRef`` / ``exif:GPSLongitudeRef``. One to three comma-separated
+    non-negative numbers (degrees, minutes, seconds; minutes and seconds under 60) are read; the
+    letter in the value wins over the separate reference.
+
+    Returns:
+        None when the value is unreadable or the hemisphere is missing or not one of ``hemispheres``.
+    """
+    s = value.strip()
+    letter = None
+    if s and s[-1].upper() in "NSEW":
+        letter, s = s[-1].upper(), s[:-1].strip()
+    elif ref:
+        letter = ref.strip().upper()[:1]
+    if letter is None or letter not in hemispheres:
+        return None
+    parts = [_xmp_number(p) for p in s.split(",")] if s else []
+    if not 1 <= len(parts) <= 3 or any(p is None or not math.isfinite(p) for p in parts):
+        return None
+    if any(p >= 60.0 for p in parts[1:]):
+        return None
+    return sum(p / 60.0**i for i, p in enumerate(parts)), letter
+
+
+_DJI_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def _dji_decimal(s: str | None) -> float | None:
+    """DJI's signed decimal text (``"+52.443412"``, ``"-1.684468"``) -> float, None if unreadable."""
+    if s is None or not _DJI_DECIMAL.fullmatch(s.strip()):
+        return None
+    return float(s)
+
+
+def _check_fix(lat: float, lon: float) -> str | None:
+    """Why a signed (lat, lon) in degrees is not a usable position, or None."""
+    if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+        return f"GPS out of range (lat {lat:.7f}, lon {lon:.7f})"
+    if lat == 0 and lon == 0:
+        return "GPS at (0, 0): placeholder fix, not a real position"
+    return None
+
+
+def xmp_gps(root: ET.Element | None) -> tuple[float, float, float | None] | str | None:
+    """GPS position written in XMP, for photos whose EXIF has none.
+
+    Read, in this order of preference:
+
+    * the XMP EXIF schema (namespace ``http://ns.adobe.com/exif/1.0/``, Adobe XMP Specification
+      Part 2, 3.2): ``exif:GPSLatitude`` / ``exif:GPSLongitude`` (GPSCoordinate text, see
+      :func:`_xmp_coordinate`), ``exif:GPSAltitude`` (Rational, metres) with
+      ``exif:GPSAltitudeRef`` (``1`` = below sea level) and ``exif:GPSStatus`` (``V`` = void);
+    * DJI drones' ``drone-dji:GpsLatitude`` / ``drone-dji:GpsLongitude`` (older firmware spells it
+      ``GpsLongtitude``; the ExifTool XMP-drone-dji tag table lists both) and
+      ``drone-dji:AbsoluteAltitude``: signed decimal degrees and metres.
+
+    Args:
+        root: :func:`parse_xmp`'s result, or None.
+
+    Returns:
+        ``(lat, lon, alt or None)`` signed degrees WGS84 and metres; a string, the reason, when
+        XMP has GPS properties that are unusable (unreadable, no hemisphere, out of range, (0, 0),
+        void); None when XMP has no GPS position at all.
+    """
+    props = _xmp_properties(root, (XMP_EXIF_NS, XMP_DJI_NS))
+    e = {k: v for (ns, k), v in props.items() if ns == XMP_EXIF_NS}
+    dji = {k.lower(): v for (ns, k), v in props.items() if ns == XMP_DJI_NS}
+    if "GPSLatitude" in e or "GPSLongitude" in e:
+        shown = f"exif:GPSLatitude={e.get('GPSLatitude')!r}, exif:GPSLongitude={e.get('GPSLongitude')!r}"
+        if "GPSLatitude" not in e or "GPSLongitude" not in e:
+            return f"GPS latitude/longitude incomplete in XMP ({shown})"
+        if e.get("GPSStatus", "").upper() == "V":
+            return "GPS fix marked void in XMP (exif:GPSStatus V)"
+        la = _xmp_coordinate(e["GPSLatitude"], e.get("GPSLatitudeRef"), "NS")
+        lo = _xmp_coordinate(e["GPSLongitude"], e.get("GPSLongitudeRef"), "EW")
+        if la is None or lo is None:
+            return (f"GPS latitude/longitude unreadable in XMP ({shown}; expected \"DDD,MM.mmk\" or \"DDD,MM,SSk\" "
+                    f"with k = N/S/E/W, or numbers with exif:GPSLatitudeRef/GPSLongitudeRef)")
+        lat = -la[0] if la[1] == "S" else la[0]
+        lon = -lo[0] if lo[1] == "W" else lo[0]
+        alt = _xmp_number(e["GPSAltitude"]) if "GPSAltitude" in e else None
+        if alt is not None and e.get("GPSAltitudeRef", "").strip() == "1":
+            alt = -alt
+    elif "gpslatitude" in dji or "gpslongitude" in dji or "gpslongtitude" in dji:
+        lon_s = dji.get("gpslongitude", dji.get("gpslongtitude"))
+        lat, lon = _dji_decimal(dji.get("gpslatitude")), _dji_decimal(lon_s)
+        if lat is None or lon is None:
+            return (f"GPS latitude/longitude unreadable in XMP (drone-dji:GpsLatitude={dji.get('gpslatitude')!r}, "
+                    f"drone-dji:GpsLongitude={lon_s!r}; expected signed decimal degrees)")
+        alt = _dji_decimal(dji.get("absolutealtitude"))
+    else:
+        return None
+    bad = _check_fix(lat, lon)
+    if bad:
+        return bad + " in XMP"
+    return lat, lon, (alt if alt is not None and math.isfinite(alt) else None)
 
 
 def _gpano_pose(gp: dict[str, str]) -> dict[str, float] | None:
@@ -619,8 +814,19 @@ def _read_one(path: Path, opts: IngestOptions, seen: dict[str, str] | None = Non
         except Exception as e:  # piexif raises assorted errors (struct.error, ValueError, KeyError) on bad IFDs
             exif_error = f"EXIF unreadable ({type(e).__name__}: {e})"
 
+    # XMP: parsed once, refused (the file skipped) when it is a bomb or oversized
+    xmp_root, xmp_broken = None, None
+    if xmp:
+        try:
+            xmp_root = parse_xmp(xmp)
+        except XmpRefused as e:
+            return _Read(reason=f"XMP metadata refused: {e}; remove the XMP (for example exiftool -xmp= FILE) or "
+                         f"re-export the photo", sha256=sha)
+        except ET.ParseError as e:
+            xmp_broken = f"its XMP packet is not well-formed XML ({e})"
+
     # camera kind
-    gp = _gpano(xmp)
+    gp = _gpano(xmp_root, xmp if isinstance(xmp, bytes) else None)
     proj = gp.get("ProjectionType")
     if proj is not None:
         if proj.lower() != "equirectangular":
@@ -675,14 +881,25 @@ def _read_one(path: Path, opts: IngestOptions, seen: dict[str, str] | None = Non
         "heading_deg": None,
         "heading_ref": None,
         "gpano_pose_deg": _gpano_pose(gp),
+        "gps_source": None,
     }
     gps = exif_error or _parse_gps(exif.get("GPS", {}))
+    source = "exif"
+    if gps == REASON_NO_GPS or exif_error:
+        # EXIF has no position (or no readable EXIF): GPS written in XMP instead, if any
+        from_xmp = xmp_gps(xmp_root)
+        if from_xmp is not None:
+            gps, source = from_xmp, "xmp"
+        elif gps == REASON_NO_GPS:
+            gps = f"{REASON_NO_GPS}, and {xmp_broken}" if xmp_broken else REASON_NO_GPS_ANY
     if isinstance(gps, str):
         if opts.require_gps:
             return _Read(reason=gps, sha256=sha)
         return _Read(record=rec, gps_reason=gps, sha256=sha)
     rec["lat"], rec["lon"], rec["alt"] = gps
-    rec["heading_deg"], rec["heading_ref"] = _parse_heading(exif.get("GPS", {}))
+    rec["gps_source"] = source
+    if source == "exif":
+        rec["heading_deg"], rec["heading_ref"] = _parse_heading(exif.get("GPS", {}))
     return _Read(record=rec, sha256=sha)
 
 

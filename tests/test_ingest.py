@@ -192,7 +192,7 @@ def test_no_gps_skipped_or_kept(lund_dir, tmp_path):
     _copy(lund_dir / "04.jpg", d / "00.jpg")
     _edit_gps(d / "00.jpg", remove=tuple(piexif.load(str(d / "00.jpg"))["GPS"]))
     m = ingest.main(d, tmp_path / "a.json")
-    assert _reasons(m) == {"00.jpg": "no GPS in EXIF"}
+    assert _reasons(m) == {"00.jpg": "no GPS in EXIF or XMP"}
     assert [r["name"] for r in m["images"]] == ["01.jpg", "02.jpg", "03.jpg"]
 
     m = ingest.main(d, tmp_path / "b.json", {"require_gps": False})

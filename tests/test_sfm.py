@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pycolmap
@@ -149,6 +150,15 @@ def test_too_few_images_and_no_overlap(demo_scene, tmp_path):
         extract.main(w / "images", tmp_path / "views.json", tmp_path / "f.db")
     with pytest.raises(InputError, match="at least 2 capture positions"):
         pairs.main(tmp_path / "views.json", tmp_path / "pairs.txt")
+    # one panorama with all its views: refused before any SIFT work, pointing at the projection-only target
+    one = read_json(w / "views.json")
+    one["frames"] = one["frames"][:1]
+    assert len(one["frames"][0]["images"]) >= 3
+    write_json(tmp_path / "one.json", one)
+    t = time.perf_counter()
+    with pytest.raises(InputError, match=r"1 capture position\(s\); SfM needs at least 2.*work/<scene>/views.json"):
+        extract.main(w / "images", tmp_path / "one.json", tmp_path / "one.db")
+    assert time.perf_counter() - t < 2 and not (tmp_path / "one.db").exists()
     # features but no verified pair: no model can be built
     with pytest.raises(InputError, match="do not overlap"):
         mapping.main(w / "colmap" / "features.db", w / "images", tmp_path / "sparse", tmp_path / "s.json")

@@ -209,8 +209,8 @@ def main(
         ``min_keypoints`` (per image), ``wall_s``, ``device``.
 
     Raises:
-        InputError: bad views.json / options, fewer than ``min_images`` images, an image file
-            missing or unreadable, or an image left without features.
+        InputError: bad views.json / options, fewer than ``min_images`` images or 2 frames (capture
+            positions), an image file missing or unreadable, or an image left without features.
     """
     t0 = time.perf_counter()
     opts = build_options(ExtractOptions, options, "sfm extract")
@@ -219,6 +219,10 @@ def main(
     names = list(views["image_to_frame"])
     if len(names) < opts.min_images:
         raise InputError(f"{views_path}: {len(names)} image(s), SfM needs at least {opts.min_images}")
+    if len(views["frames"]) < 2:
+        # before any SIFT work: the pairs stage would refuse it anyway, after extraction (#19)
+        raise InputError(f"{views_path}: {len(views['frames'])} capture position(s); SfM needs at least 2. A single "
+                         f"panorama runs ingest and projection only: ask for work/<scene>/views.json, not results/<scene>.ply")
     missing = [n for n in names if not (images_dir / n).is_file()]
     if missing:
         raise InputError(f"{images_dir}: {len(missing)} image(s) of {views_path} missing, e.g. {missing[:3]}")

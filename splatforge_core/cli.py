@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compress": ("splatforge_core.codec.cli", "cli_compress", "compress a splat PLY with a codec preset"),
     "decompress": ("splatforge_core.codec.cli", "cli_decompress", "restore a compressed splat PLY"),
     "info": ("splatforge_core.codec.cli", "cli_info", "print a splat PLY's layout"),
+    "bundle": ("splatforge_core.codec.cli", "cli_bundle", "pack a scene's splat + cameras + images into a bundle; --check one"),
     "worker": ("splatforge_core.farm.worker", "cli", "serve LAN farm jobs for a coordinator (CurveZMQ, UDP beacons)"),
     "farm": ("splatforge_core.farm.cli", "cli", "LAN farm: `farm keys DIR` (certificates), `farm status` (peers, jobs)"),
     "viewer": ("splatforge_core.viewer", "cli", "offline web viewer page of a splat with the capture trajectory"),

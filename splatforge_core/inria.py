@@ -321,3 +321,39 @@ def write_dataset(views, out_dir: str | os.PathLike, first_id: int = 0) -> list[
                 raise OSError(f"{tmp}: cv2.imwrite failed")
     write_cameras_json(out / "cameras.json", cams)
     return cams
+
+
+def write_scene_dataset(workdir: str | os.PathLike, out_dir: str | os.PathLike,
+                        max_side: Optional[int] = None) -> list[InriaCamera]:
+    """Write a Splat Forge scene's registered views as an Inria-layout folder (a bundle's images).
+
+    Reads ``workdir/aligned`` (COLMAP model), ``workdir/images`` and ``workdir/views.json`` (its
+    frames; absent: one frame per image) with :func:`splatforge_core.train.data.load_scene`
+    (undistorted to pinhole, resized so the longer side is at most ``max_side``) and writes
+    them, sorted by name, with :func:`write_dataset` (``frame`` kept: :func:`load_views` holds
+    out the trainer's frames). The Inria layout has no masks: the operator masks that
+    ``views.json`` names (paths relative to the project folder) are neither read nor written.
+
+    Returns:
+        the written cameras.
+
+    Raises:
+        InputError: an unreadable model or image (:func:`~splatforge_core.train.data.load_scene`),
+            an off-centre principal point.
+    """
+    import tempfile
+
+    from .io import read_json, write_json
+    from .train.data import load_scene
+
+    wd = Path(workdir)
+    with tempfile.TemporaryDirectory(prefix="splatforge-views-") as tmp:
+        views_json = None
+        if (wd / "views.json").is_file():  # its frames only: drop the masks, which are not written
+            doc = read_json(wd / "views.json")
+            if isinstance(doc, dict):
+                doc.pop("mask_dir", None)
+            views_json = Path(tmp) / "views.json"
+            write_json(views_json, doc)
+        data = load_scene(wd / "aligned", wd / "images", views_json, max_side=max_side)
+    return write_dataset(sorted(data.train + data.test, key=lambda v: v.name), out_dir)

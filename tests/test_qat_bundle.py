@@ -32,7 +32,7 @@ def encoded(tmp_path_factory):
     scene = root / "scene"
     make_inria_folder(scene, n=400, sh_degree=3, n_views=9, size=32, seed=5)
     out = root / "out.ply"
-    rep = main(scene / "point_cloud.ply", out, root / "report.json", qb.PRESET,
+    rep = main(scene, out, root / "report.json", qb.PRESET,
                {"finetune_iters": ITERS, "finetune_max_side": 32})
     return scene, out, rep
 
@@ -158,9 +158,9 @@ def test_hostile_edited_without_reseal(encoded, tmp_path):
 
 
 @pytest.mark.hostile(cls="qat-3dgs-bundle", expect="clear_error")
-def test_hostile_no_cameras_next_to_the_ply(encoded, tmp_path):
+def test_hostile_a_ply_instead_of_a_bundle(encoded, tmp_path):
     shutil.copyfile(encoded[0] / "point_cloud.ply", tmp_path / "lonely.ply")
-    with pytest.raises(InputError, match="needs the splat's training cameras") as e:
+    with pytest.raises(InputError, match="needs a bundle") as e:
         main(tmp_path / "lonely.ply", tmp_path / "o.ply", None, qb.PRESET, {"finetune_iters": 0})
     assert "lonely.ply" in str(e.value) and not (tmp_path / "o.ply").exists()
 
@@ -172,7 +172,7 @@ def test_hostile_sh_degree_0(encoded, tmp_path):
     s = read_splat_ply(scene / "point_cloud.ply")
     write_splat_ply(scene / "point_cloud.ply", s["means"], s["scales"], s["quats"], s["opacities"], s["sh0"], None)
     with pytest.raises(InputError, match="SH degree 0.*qat-3dgs"):
-        main(scene / "point_cloud.ply", tmp_path / "o.ply", None, qb.PRESET, {"finetune_iters": 0})
+        main(scene, tmp_path / "o.ply", None, qb.PRESET, {"finetune_iters": 0})
     assert not (tmp_path / "o.ply").exists()
 
 
@@ -181,4 +181,4 @@ def test_hostile_sh_degree_0(encoded, tmp_path):
                          ids=["negative_iters", "tiny_side", "sh_bits_9"])
 def test_hostile_options(encoded, tmp_path, opt):
     with pytest.raises(InputError, match="compress option"):
-        main(encoded[0] / "point_cloud.ply", tmp_path / "o.ply", None, qb.PRESET, opt)
+        main(encoded[0], tmp_path / "o.ply", None, qb.PRESET, opt)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,16 @@ def main(
     report_path: str | os.PathLike | None,
     preset: str,
     options: dict | None = None,
+    bundle_caps: dict | None = None,
 ) -> dict[str, Any]:
     """Compress the splat PLY ``in_ply`` into ``out_path`` with ``preset``; return the report.
+
+    A preset that needs a bundle (:attr:`.presets.Preset.needs_bundle`) takes a bundle as
+    ``in_ply`` (``.tar``, ``.tar.gz``/``.tgz`` or a folder, :mod:`.bundle`): it is validated and
+    extracted into a temporary folder beside ``out_path`` (removed afterwards; ``bundle_caps``:
+    ``max_bytes`` / ``max_members`` / ``max_unpacked`` of :func:`.bundle.open_bundle`) and the
+    encoder gets its PLY plus ``bundle=``. Other presets take a PLY; a bundle given to them, or a
+    PLY given to a bundle preset, is an :class:`InputError` saying what to pass instead.
 
     The report (also written as JSON to ``report_path`` when given) has: status, preset,
     lossless, size_bytes_in, size_bytes_out, ply_save_pct (percent of the input size saved),
@@ -115,15 +124,33 @@ def main(
     if in_ply.resolve() == out_path.resolve():
         raise InputError(f"{in_ply}: output path must differ from the input")
     remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])])  # a killed run's
-    header = parse_header(in_ply)
-    validate_3dgs(header)
+    from .bundle import is_bundle_path, open_bundle
+
+    if spec.needs_bundle:
+        if not is_bundle_path(in_ply):
+            raise InputError(f"{in_ply}: preset {preset!r} retrains the splat and needs a bundle (splat + cameras + "
+                             "images: .tar, .tar.gz or a folder), not a PLY; make one with "
+                             "`splatforge bundle SCENE_OR_WORKDIR out.tar.gz`")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.bundle.") as work:
+            bundle = open_bundle(in_ply, work, **(bundle_caps or {}))
+            header = bundle.header
+            data = map_file(bundle.ply)
+            res, extra = spec.encode(bundle.ply, out_path, opts, header=header, data=data, bundle=bundle)
+            del data
+    else:
+        if in_ply.is_dir() or is_bundle_path(in_ply):
+            raise InputError(f"{in_ply}: preset {preset!r} takes a splat PLY, not a bundle; pass the bundle's "
+                             "point_cloud.ply, or use a preset that needs a bundle")
+        header = parse_header(in_ply)
+        validate_3dgs(header)
+        data = map_file(in_ply)
+        res, extra = spec.encode(in_ply, out_path, opts, header=header, data=data)
     names = [p.name for p in header.element("vertex").properties]
     try:
         deg: int | None = sh_degree_from_names(names)
     except InputError:
         deg = None
-    data = map_file(in_ply)
-    res, extra = spec.encode(in_ply, out_path, opts, header=header, data=data)
     lossless = spec.lossless
     report: dict[str, Any] = {
         "status": "ok",

@@ -1,4 +1,4 @@
-"""``splatforge compress | decompress | info``: command-line front ends of :mod:`splatforge_core.codec`."""
+"""``splatforge compress | decompress | info | bundle``: command-line front ends of :mod:`splatforge_core.codec`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def cli_compress(argv: list[str]) -> int:
         "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
         help="codec option (JSON value), e.g. -o zstd_level=9 -o evaluate_psnr=false",
     )
-    ap.add_argument("input", help="input splat PLY")
+    ap.add_argument("input", help="input splat PLY (a bundle for presets that retrain: see `splatforge bundle`)")
     ap.add_argument("output", help="output file (.ply for qat-3dgs, .sfz for the others)")
     a = ap.parse_args(argv)
     opts = {}
@@ -82,4 +82,44 @@ def cli_info(argv: list[str]) -> int:
     if "layout_problem" in d:
         out.append(f"  layout problem: {d['layout_problem']}")
     sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def cli_bundle(argv: list[str]) -> int:
+    """``splatforge bundle SCENE_OR_WORKDIR OUT [--max-side N] [--no-sparse]`` packs a scene into a
+    bundle; ``splatforge bundle --check BUNDLE`` validates one (nothing left behind) and prints a
+    summary. Both print JSON; errors propagate as SplatForgeError (exit code 1, one line)."""
+    import tempfile
+
+    from .bundle import MAX_BUNDLE_BYTES, open_bundle, pack_scene
+
+    ap = argparse.ArgumentParser(
+        prog="splatforge bundle",
+        description="Pack a scene's splat, cameras and images into a bundle (.tar or .tar.gz) for the codec's "
+                    "retraining presets, or check a bundle (--check).",
+        epilog="A scene name is looked up in work/ (--work-root); a folder path is taken as the scene's work folder. "
+               "Layout and checks: docs/formats.md, section Bundle.",
+    )
+    ap.add_argument("source", nargs="?", help="scene name or work folder (work/<scene>)")
+    ap.add_argument("output", nargs="?", help="bundle to write: .tar (PNGs are compressed already) or .tar.gz")
+    ap.add_argument("--max-side", type=int, default=None, help="longer image side in pixels (default: keep)")
+    ap.add_argument("--no-sparse", action="store_true", help="leave out sparse/0 (the aligned COLMAP model)")
+    ap.add_argument("--work-root", default="work", help="where scene names are looked up (default: work)")
+    ap.add_argument("--check", metavar="BUNDLE", help="only validate BUNDLE and print a summary")
+    ap.add_argument("--max-bytes", type=int, default=MAX_BUNDLE_BYTES,
+                    help=f"--check: cap on the archive's size in bytes (default {MAX_BUNDLE_BYTES})")
+    a = ap.parse_args(argv)
+    if a.check:
+        if a.source or a.output:
+            ap.error("--check takes the bundle only")
+        with tempfile.TemporaryDirectory(prefix="splatforge-bundle-check-") as work:
+            summary = open_bundle(a.check, work, max_bytes=a.max_bytes).summary()
+        print(json.dumps({"status": "ok", **summary}, indent=2))
+        return 0
+    if not (a.source and a.output):
+        ap.error("expected SCENE_OR_WORKDIR OUT (or --check BUNDLE)")
+    if a.max_side is not None and a.max_side < 16:
+        ap.error("--max-side must be at least 16")
+    print(json.dumps(pack_scene(a.source, a.output, max_side=a.max_side, with_sparse=not a.no_sparse,
+                                work_root=a.work_root), indent=2))
     return 0

@@ -48,6 +48,10 @@ class Preset:
             decoding it (``splatforge info``); PLY presets with metadata of their own
             (``qat-3dgs-bundle``): ``check(path, header) -> PlyHeader`` verifies the checksum and
             that metadata. Raises :class:`InputError`.
+        needs_bundle: the preset retrains and takes a bundle (:mod:`.bundle`: splat + cameras +
+            images), not a PLY: :func:`~splatforge_core.codec.main` validates and extracts it and
+            calls ``encode(bundle.ply, out_path, opts, *, header, data, bundle)`` with the
+            :class:`.bundle.Bundle`; the workflow packs one (rule ``bundle``) as the input.
     """
 
     name: str
@@ -58,6 +62,7 @@ class Preset:
     decode: Callable[[str | os.PathLike], list]
     options: tuple[str, ...] = ()
     check: Callable[..., Any] | None = None
+    needs_bundle: bool = False
 
     @property
     def container(self) -> bool:
@@ -84,7 +89,7 @@ PRESETS: dict[str, Preset] = {
                "lossy, needs a bundle (splat + cameras + images): int8 f_rest after a quantisation-aware finetune; "
                "a valid PLY",
                qat_bundle.encode_preset, qat_bundle.decode_parts,
-               ("sh_bits", "finetune_iters", "finetune_max_side", "keep_required"), qat_bundle.check),
+               ("sh_bits", "finetune_iters", "finetune_max_side", "keep_required"), qat_bundle.check, needs_bundle=True),
     )
 }
 

@@ -1,7 +1,8 @@
 """Archives of the farm: packing files into a tar, cutting it into sha256-checked chunks,
 reassembling them, and extracting a received archive safely.
 
-Safe extraction (:func:`safe_extract`): every member is checked before anything is written
+Safe extraction (:func:`safe_extract`, re-exported from :mod:`splatforge_core.archive`, the one
+extractor shared with the codec's bundles): every member is checked before anything is written
 (regular files and folders only: no symbolic or hard links, devices, FIFOs; relative paths without
 ``..``; at most ``max_members`` members and ``max_bytes`` bytes in all), then ``tarfile``'s
 ``data`` filter extracts into a fresh temporary folder beside the destination, which is renamed
@@ -12,22 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..errors import SplatForgeError
+# The extractor and its caps are shared with the codec's bundles (splatforge_core.archive);
+# ArchiveError (an InputError) is the refused archives' error for both.
+from ..archive import MAX_BYTES, MAX_MEMBERS, ArchiveError, check_member_name, check_members, safe_extract  # noqa: F401
 from .protocol import CHUNK_BYTES
-
-#: Default extraction caps (a result of one training job is a PLY of some 100 MB plus logs).
-MAX_MEMBERS = 200_000
-MAX_BYTES = 64 << 30
-
-
-class ArchiveError(SplatForgeError):
-    """A received archive that is refused (bad checksum, unsafe member, over a cap)."""
 
 
 def pack(root: str | Path, relpaths: list[str], out: str | Path) -> tuple[int, str]:
@@ -122,63 +115,3 @@ class Assembly:
     def close(self) -> None:
         if not self._f.closed:
             self._f.close()
-
-
-def check_member_name(name: str, where: str) -> None:
-    """Refuse an archive member name that is absolute, empty or contains ``..``.
-
-    Raises:
-        ArchiveError: naming ``where`` and the member.
-    """
-    p = PurePosixPath(name)
-    if not name or p.is_absolute() or name.startswith(("/", "\\")) or ".." in p.parts or "\\" in name or "\0" in name:
-        raise ArchiveError(f"{where}: unsafe member name {name[:200]!r} (absolute or '..'); archive refused")
-
-
-def check_members(tar: tarfile.TarFile, where: str, max_members: int, max_bytes: int) -> list[tarfile.TarInfo]:
-    """All members of ``tar`` after the safety checks (see the module docstring).
-
-    Raises:
-        ArchiveError: the first unsafe member, or the member count or total size over a cap.
-    """
-    members, total = [], 0
-    for m in tar:
-        if len(members) >= max_members:
-            raise ArchiveError(f"{where}: more than {max_members} members; archive refused (tar bomb?)")
-        check_member_name(m.name, where)
-        if not (m.isfile() or m.isdir()):
-            kind = "link" if (m.issym() or m.islnk()) else "device or special file"
-            raise ArchiveError(f"{where}: member {m.name[:200]!r} is a {kind}; archive refused")
-        total += m.size
-        if total > max_bytes:
-            raise ArchiveError(f"{where}: members total more than {max_bytes} bytes; archive refused (tar bomb?)")
-        members.append(m)
-    return members
-
-
-def safe_extract(archive: str | Path, dest: str | Path, max_members: int = MAX_MEMBERS,
-                 max_bytes: int = MAX_BYTES) -> list[str]:
-    """Extract ``archive`` into the new folder ``dest`` (which must not exist); returns the
-    member names (files only, POSIX, sorted).
-
-    Raises:
-        ArchiveError: ``dest`` exists, the archive is unreadable, or a member fails a check;
-            nothing is left at ``dest`` then (the temporary folder is removed).
-    """
-    archive, dest = Path(archive), Path(dest)
-    if dest.exists():
-        raise ArchiveError(f"{dest}: extraction folder already exists; refusing to extract {archive} over it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        try:
-            with tarfile.open(archive, "r:") as tar:
-                members = check_members(tar, str(archive), max_members, max_bytes)
-                tar.extractall(tmp, members=members, filter="data")
-        except tarfile.TarError as e:
-            raise ArchiveError(f"{archive}: not a readable tar archive ({e}); refused") from None
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted(m.name for m in members if m.isfile())

@@ -58,6 +58,9 @@ class FinetuneOptions:
     background: "black" or "white" (the colour behind the splat; the trainer's default is black).
     seed: torch and view-order seed.
     log_every: steps between loss records in the log.
+    warmup_steps: learning rates ramp linearly from 1/warmup_steps of their value to the full value
+        over the first ``warmup_steps`` steps (0: none). A fresh Adam moves every parameter by about
+        its learning rate in its first steps whatever the gradient, which a converged splat feels.
     """
 
     means_lr: float = field(default=1.6e-6, metadata={"gt": 0})
@@ -70,6 +73,7 @@ class FinetuneOptions:
     background: str = "black"
     seed: int = 0
     log_every: int = field(default=10, metadata={"min": 1})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
 
 
 def _device(device: Optional[str | torch.device]) -> torch.device:
@@ -216,6 +220,7 @@ def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
     lrs = {"means": o.means_lr * scale, "scales": o.scales_lr, "quats": o.quats_lr,
            "opacities": o.opacities_lr, "sh0": o.sh0_lr, "shN": o.shN_lr}
     opt = torch.optim.Adam([{"params": [params[k]], "lr": lrs[k], "name": k} for k in _KEYS], eps=1e-15)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / o.warmup_steps)) if o.warmup_steps else None
     bg = _background(o.background, dev)
     torch.manual_seed(o.seed)
     rng = np.random.default_rng(o.seed)
@@ -246,6 +251,8 @@ def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
         nonfinite += bad
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
         lv = float(loss.detach())
         losses.append(lv)
         if (step + 1) % o.log_every == 0 or step + 1 == iterations:

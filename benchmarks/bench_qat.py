@@ -36,18 +36,19 @@ def make_demo(out: Path, scene: Path = Path("/work/main/work/scene"), max_side: 
     (out / "SOURCE").write_text(f"{scene}: load_scene(max_side={max_side}) views + splat/splat.ply\n")
 
 
-def run_scene(name: str, root: Path, work: Path, iters: int, max_side: int | None) -> dict:
+def run_scene(name: str, root: Path, work: Path, iters: int, max_side: int | None, sh_bits: int | None = None) -> dict:
     from splatforge_core.codec import CodecOptions
     from splatforge_core.codec.qat_bundle import encode_folder
 
     work.mkdir(parents=True, exist_ok=True)
-    opts = CodecOptions.from_dict({"finetune_iters": iters, "finetune_max_side": max_side})
+    opts = CodecOptions.from_dict({"finetune_iters": iters, "finetune_max_side": max_side, "sh_bits": sh_bits})
     t0 = time.perf_counter()
-    res, extra = encode_folder(root, work / f"{name}.qat.ply", opts)
+    tag = f"{name}.b{opts.sh_bits or 8}"
+    res, extra = encode_folder(root, work / f"{tag}.qat.ply", opts)
     rep = {"scene": name, "size_bytes_in": res.size_in, "size_bytes_out": res.size_out,
            "ply_save_pct": round(100 * (1 - res.size_out / res.size_in), 2), "n_vertices": res.n_vertices,
            "constants_detected": list(res.constants), "wall_secs": round(time.perf_counter() - t0, 1), **extra}
-    (work / f"{name}.report.json").write_text(json.dumps(rep, indent=2))
+    (work / f"{tag}.report.json").write_text(json.dumps(rep, indent=2))
     return rep
 
 
@@ -55,14 +56,14 @@ def row(r: dict) -> str:
     fw = r["four_way"]
     cells = [f"{fw[k]['psnr']:.3f} / {fw[k]['ssim']:.4f}" for k in ("input", "posthoc_int8", "qat", "fp32_finetune")]
     gate = "pass" if r["ply_save_pct"] >= 54 and r["delta_psnr_db"] >= -0.1 else "FAIL"
-    return (f"| {r['scene']} | {r['n_vertices']} | {r['sh_degree']} | {r['size_bytes_in']} | {r['size_bytes_out']} | "
+    return (f"| {r['scene']} | {r['n_vertices']} | {r['sh_degree']} | {r['sh_bits']} | {r['size_bytes_in']} | {r['size_bytes_out']} | "
             f"{r['ply_save_pct']:.2f} | {r['delta_psnr_db']:+.3f} | " + " | ".join(cells) +
             f" | {r['finetune_iters']} | {r['finetune_resolution']} | {r['train_wall_secs']:.0f} | {gate} |")
 
 
-HEADER = ("| scene | Gaussians | SH | bytes in | bytes out | save % | dPSNR (c-a) dB | (a) input PSNR/SSIM | "
+HEADER = ("| scene | Gaussians | SH | bits | bytes in | bytes out | save % | dPSNR (c-a) dB | (a) input PSNR/SSIM | "
           "(b) post-hoc int8 | (c) QAT | (d) fp32 finetune | iters | res | finetune s (c+d) | gate |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> None:
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--scene", action="append", default=[], help="name=inria_folder")
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--max-side", type=int, default=None)
+    ap.add_argument("--sh-bits", type=int, default=None, help="4..8 (default 8)")
     ap.add_argument("--work", type=Path, default=Path("/work/scratch/h20-qat/bench"))
     ap.add_argument("--out", type=Path, default=None, help="append the rows to this markdown file")
     a = ap.parse_args()
@@ -82,7 +84,7 @@ def main() -> None:
     rows = []
     for spec in a.scene:
         name, root = spec.split("=", 1)
-        rep = run_scene(name, Path(root), a.work, a.iters, a.max_side)
+        rep = run_scene(name, Path(root), a.work, a.iters, a.max_side, a.sh_bits)
         rows.append(row(rep))
         print(json.dumps({k: v for k, v in rep.items() if k != "finetune_logs"}, indent=1))
     if rows:

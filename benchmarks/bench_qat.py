@@ -62,7 +62,7 @@ def row(r: dict) -> str:
 
 
 HEADER = ("| scene | Gaussians | SH | bits | bytes in | bytes out | save % | dPSNR (c-a) dB | (a) input PSNR/SSIM | "
-          "(b) post-hoc int8 | (c) QAT | (d) fp32 finetune | iters | res | finetune s (c+d) | gate |\n"
+          "(b) post-hoc int8 | (c) QAT | (d) fp32 finetune | iters | res | QAT finetune s | gate |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 

@@ -95,7 +95,7 @@ PRESETS: dict[str, Preset] = {
 
 #: Presets named in the roadmap but not implemented yet (rejected with this reason).
 PLANNED: dict[str, str] = {
-    "qat-int8": "int8 quantisation-aware finetuning needs cameras and images (a later issue)",
+    "qat-int8": "int8 quantisation-aware finetuning is the preset qat-3dgs-bundle (it needs a bundle: splat + cameras + images)",
     "scaffold": "Scaffold-GS anchor PLYs (a later issue)",
 }
 

@@ -475,21 +475,16 @@ def encode_folder(root: str | os.PathLike, out_path: str | os.PathLike, opts: An
     return res, extra
 
 
-def _bundle_paths(in_ply: Path, bundle: Any) -> tuple[Path, Optional[list], Optional[Path]]:
-    if bundle is not None:
-        return Path(bundle.root), getattr(bundle, "cameras", None), getattr(bundle, "images_dir", None)
-    root = in_ply.parent
-    if not (root / "cameras.json").is_file() or not (root / "images").is_dir():
-        raise InputError(f"{in_ply}: the {PRESET} preset needs the splat's training cameras and images: give a "
-                         "bundle (splatforge bundle) or a PLY inside an Inria-layout folder (cameras.json, images/)")
-    return root, None, None
-
-
 def encode_preset(in_ply: str | os.PathLike, out_path: str | os.PathLike, opts: Any, *, header: Any = None,
                   data: Any = None, bundle: Any = None) -> tuple[lossless.EncodeResult, dict[str, Any]]:
     """The ``qat-3dgs-bundle`` encoder of the preset registry: :func:`encode_folder` on ``bundle``
-    (a :class:`.bundle.Bundle`) or, without one, on the Inria folder that holds ``in_ply``."""
-    in_ply = Path(in_ply)
-    root, cams, images = _bundle_paths(in_ply, bundle)
-    return encode_folder(root, out_path, opts, ply=in_ply, cameras=cams, images_dir=images)
+    (a :class:`.bundle.Bundle`, which :func:`splatforge_core.codec.main` opens and validates).
 
+    Raises:
+        InputError: no bundle (call :func:`encode_folder` for an Inria folder).
+    """
+    if bundle is None:
+        raise InputError(f"{in_ply}: the {PRESET} preset needs the splat's training cameras and images: give a "
+                         "bundle (splatforge bundle SCENE_OR_WORKDIR out.tar.gz)")
+    return encode_folder(bundle.root, out_path, opts, ply=Path(in_ply), cameras=bundle.cameras,
+                         images_dir=bundle.images_dir)

@@ -55,9 +55,9 @@ class CodecOptions:
     psnr_views: number of orbit cameras for the PSNR evaluation (default 8).
     psnr_size: width = height of the PSNR renders in pixels (default 256).
     finetune_iters: qat-3dgs-bundle: finetune steps, 0..100000 (default None: 5000 on CUDA,
-        300 on CPU, see benchmarks/results/qat.md).
+        40 on CPU, the configuration measured in benchmarks/results/qat.md).
     finetune_max_side: qat-3dgs-bundle: longer image side of the finetune and the held-out
-        evaluation in pixels, 16..16384 (default None: full resolution on CUDA, 160 on CPU).
+        evaluation in pixels, 16..16384 (default None: full resolution on CUDA, 96 on CPU).
     """
 
     keep_required: bool = True

@@ -52,6 +52,32 @@ def run_scene(name: str, root: Path, work: Path, iters: int, max_side: int | Non
     return rep
 
 
+def reference(name: str, root: Path, work: Path, max_side: int) -> dict:
+    """SPZ (splat-transform via ``formats.write_any`` / ``read_any``) and the ``quantised`` preset on the
+    held-out views of ``root`` at ``max_side``: {"spz" | "quantised": {bytes, psnr, ssim}}."""
+    from splatforge_core.codec import decompress, main as compress
+    from splatforge_core.formats import read_any, write_any
+    from splatforge_core.inria import load_views
+    from splatforge_core.splat import read_splat_ply
+    from splatforge_core.train.finetune import evaluate
+
+    work.mkdir(parents=True, exist_ok=True)
+    test = load_views(root, max_side=max_side, eval_every_n=8).test
+    splat = read_splat_ply(root / "point_cloud.ply")
+    out = {"input": {"bytes": (root / "point_cloud.ply").stat().st_size}}
+    out["input"].update({k: v for k, v in evaluate(splat, test).items() if k in ("psnr", "ssim")})
+    write_any(work / f"{name}.spz", splat)
+    out["spz"] = {"bytes": (work / f"{name}.spz").stat().st_size}
+    out["spz"].update({k: v for k, v in evaluate(read_any(work / f"{name}.spz"), test).items() if k in ("psnr", "ssim")})
+    rep = compress(root / "point_cloud.ply", work / f"{name}.quantised.sfz", None, "quantised", {"evaluate_psnr": False})
+    decompress(work / f"{name}.quantised.sfz", work / f"{name}.quantised.ply")
+    q = read_splat_ply(work / f"{name}.quantised.ply")
+    out["quantised"] = {"bytes": rep["size_bytes_out"]}
+    out["quantised"].update({k: v for k, v in evaluate(q, test).items() if k in ("psnr", "ssim")})
+    (work / f"{name}.reference.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def row(r: dict) -> str:
     fw = r["four_way"]
     cells = [f"{fw[k]['psnr']:.3f} / {fw[k]['ssim']:.4f}" for k in ("input", "posthoc_int8", "qat", "fp32_finetune")]
@@ -73,6 +99,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--max-side", type=int, default=None)
     ap.add_argument("--sh-bits", type=int, default=None, help="4..8 (default 8)")
+    ap.add_argument("--reference", action="store_true",
+                    help="instead of encoding: SPZ and the quantised preset on the same held-out views")
     ap.add_argument("--work", type=Path, default=Path("/work/scratch/h20-qat/bench"))
     ap.add_argument("--out", type=Path, default=None, help="append the rows to this markdown file")
     a = ap.parse_args()
@@ -84,6 +112,9 @@ def main() -> None:
     rows = []
     for spec in a.scene:
         name, root = spec.split("=", 1)
+        if a.reference:
+            print(json.dumps(reference(name, Path(root), a.work, a.max_side or 96), indent=1))
+            continue
         rep = run_scene(name, Path(root), a.work, a.iters, a.max_side, a.sh_bits)
         rows.append(row(rep))
         print(json.dumps({k: v for k, v in rep.items() if k != "finetune_logs"}, indent=1))

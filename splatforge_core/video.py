@@ -7,6 +7,13 @@ filter, looking along the path's horizontal tangent (level, ENU z up). A capture
 our CPU rasteriser (:func:`splatforge_core.viewer.render_view`, gsplat on CUDA when the tensors are
 there) and encoded as H.264 (yuv420p, plays everywhere) by the ffmpeg binary that the
 ``imageio-ffmpeg`` wheel ships; a tqdm bar shows progress.
+
+Turntable (``--turntable``, for object captures such as snowmiku): the camera circles the object
+once at the capture's median distance and elevation (:func:`turntable_cameras`). The object centre
+is the robust least-squares meeting point of the capture cameras' optical axes
+(:func:`object_centre`, the point the photographer aimed at); the up axis is the mean of the
+cameras' up vectors (-y of the OpenCV camera), so it works in any model frame (an Inria
+``cameras.json`` is in SfM units with an arbitrary up), not only in ENU.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from .errors import InputError
 from .io import atomic_path, write_json
 from .log import get_logger
 
-__all__ = ["VideoOptions", "smooth_path", "flythrough_cameras", "write_video", "render_flythrough", "main", "cli"]
+__all__ = ["VideoOptions", "smooth_path", "flythrough_cameras", "write_video", "render_flythrough", "read_poses",
+           "object_centre", "up_axis", "turntable_cameras", "render_turntable", "main", "cli"]
 
 _LOG = get_logger("video")
 
@@ -157,10 +165,157 @@ def render_flythrough(splat: dict, centres, out_path: str | os.PathLike, opts: V
             "bytes": Path(out_path).stat().st_size, "path_m": float(np.linalg.norm(np.diff(c, axis=0), axis=1).sum())}
 
 
+def read_poses(path: str | os.PathLike) -> list[np.ndarray]:
+    """cam_from_world [4, 4] float64 (OpenCV axes) of the capture cameras of ``path``: an Inria
+    folder (``cameras.json`` inside), a ``cameras.json`` file, or a COLMAP model folder.
+
+    Raises:
+        InputError: none of these, or an unreadable one.
+    """
+    from . import inria
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".json":
+        return [c.cam_from_world for c in inria.read_cameras_json(p)]
+    if (p / "cameras.json").is_file():
+        return [c.cam_from_world for c in inria.read_cameras_json(p / "cameras.json")]
+    if not p.is_dir():
+        raise InputError(f"{p}: not a COLMAP model folder, an Inria folder with cameras.json, or a cameras.json")
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(p))
+    except Exception as e:
+        raise InputError(f"{p}: cannot read the COLMAP model ({e}); expected cameras/images/points3D .bin or .txt, "
+                         "or an Inria folder with cameras.json") from None
+    mats = []
+    for i in sorted(rec.reg_image_ids()):
+        im = rec.images[i]
+        if im.has_pose:
+            m = np.eye(4)
+            m[:3] = np.asarray(im.cam_from_world().matrix(), np.float64)
+            mats.append(m)
+    if not mats:
+        raise InputError(f"{p}: the COLMAP model has no posed images")
+    return mats
+
+
+def _centres_axes(viewmats) -> tuple[np.ndarray, np.ndarray]:
+    """Camera centres [C, 3] and unit optical axes [C, 3] (world) of cam_from_world matrices."""
+    v = np.asarray(viewmats, np.float64).reshape(-1, 4, 4)
+    R, t = v[:, :3, :3], v[:, :3, 3]
+    return -np.einsum("cji,cj->ci", R, t), R[:, 2, :]
+
+
+def object_centre(viewmats, iterations: int = 10) -> np.ndarray:
+    """The point the cameras look at: least-squares nearest point to their optical axes, with
+    iteratively reweighted Cauchy weights (scale: 2 x the median distance) so a few cameras
+    aimed elsewhere do not pull it.
+
+    Args:
+        viewmats: [C, 4, 4] cam_from_world (OpenCV axes, z forward), C >= 2.
+
+    Returns:
+        [3] float64 in world units.
+
+    Raises:
+        InputError: fewer than 2 cameras, or axes (nearly) parallel (a walk, not an orbit).
+    """
+    c, d = _centres_axes(viewmats)
+    if len(c) < 2:
+        raise InputError("a turntable needs at least 2 capture cameras to find the object they look at")
+    w = np.ones(len(c))
+    x = None
+    for _ in range(iterations):
+        P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # projectors orthogonal to each axis
+        A = np.einsum("c,cij->ij", w, P)
+        b = np.einsum("c,cij,cj->i", w, P, c)
+        if np.linalg.cond(A) > 1e6:
+            raise InputError("the capture cameras' optical axes are (nearly) parallel: not an object capture "
+                             "around a centre; use the fly-through instead of --turntable")
+        x = np.linalg.solve(A, b)
+        r = np.linalg.norm(np.einsum("cij,cj->ci", P, x - c), axis=1)
+        s = 2.0 * max(float(np.median(r)), 1e-9)
+        w = 1.0 / (1.0 + (r / s) ** 2)
+    return x
+
+
+def up_axis(viewmats) -> np.ndarray:
+    """Unit up vector [3]: the normalised mean of the cameras' up directions (-y of each OpenCV
+    camera in world coordinates). Raises InputError when they cancel out."""
+    v = np.asarray(viewmats, np.float64).reshape(-1, 4, 4)
+    u = -v[:, 1, :3].mean(0)
+    if np.linalg.norm(u) < 1e-6:
+        raise InputError("the capture cameras have no common up direction; cannot orient a turntable")
+    return u / np.linalg.norm(u)
+
+
+def turntable_cameras(viewmats, n: int, radius_scale: float = 1.0, elevation_deg: float | None = None):
+    """cam_from_world matrices [4, 4] of ``n`` frames circling the object once.
+
+    The orbit's centre is :func:`object_centre`, its axis :func:`up_axis`; radius = the median
+    distance of the capture cameras from the centre x ``radius_scale``; elevation = the median
+    capture elevation (degrees above the horizontal plane through the centre) unless given;
+    frame 0 starts at the first camera's azimuth and the orbit turns counter-clockwise seen from
+    above. Every frame looks at the centre.
+
+    Returns:
+        (list of [4, 4] float64, info dict ``{"centre", "up", "radius", "elevation_deg"}``).
+
+    Raises:
+        InputError: see :func:`object_centre` / :func:`up_axis`; n < 1.
+    """
+    from .viewer import look_at_viewmat
+
+    if n < 1:
+        raise InputError(f"turntable: {n} frames; need at least 1")
+    centre, up = object_centre(viewmats), up_axis(viewmats)
+    cams, _ = _centres_axes(viewmats)
+    rel = cams - centre
+    dist = np.linalg.norm(rel, axis=1)
+    radius = float(np.median(dist)) * radius_scale
+    if elevation_deg is None:
+        elevation_deg = float(np.median(np.degrees(np.arcsin(np.clip(rel @ up / np.maximum(dist, 1e-12), -1, 1)))))
+    elevation_deg = float(np.clip(elevation_deg, -85.0, 85.0))
+    e0 = rel[0] - (rel[0] @ up) * up  # first camera's azimuth
+    if np.linalg.norm(e0) < 1e-9 * max(radius, 1e-12):
+        e0 = np.cross(up, [1.0, 0, 0]) if abs(up[0]) < 0.9 else np.cross(up, [0, 1.0, 0])
+    e0 /= np.linalg.norm(e0)
+    e1 = np.cross(up, e0)
+    el = math.radians(elevation_deg)
+    mats = []
+    for k in range(n):
+        a = 2 * math.pi * k / n
+        pos = centre + radius * (math.cos(el) * (math.cos(a) * e0 + math.sin(a) * e1) + math.sin(el) * up)
+        mats.append(look_at_viewmat(pos, centre, up))
+    return mats, {"centre": [float(x) for x in centre], "up": [float(x) for x in up], "radius": radius,
+                  "elevation_deg": elevation_deg}
+
+
+def render_turntable(splat: dict, viewmats, out_path: str | os.PathLike, opts: VideoOptions = VideoOptions(),
+                     radius_scale: float = 1.0, elevation_deg: float | None = None) -> dict:
+    """Render a turntable of ``splat`` around the object the capture cameras ``viewmats`` [C, 4, 4]
+    look at (:func:`turntable_cameras`, ``opts.n_frames`` frames) to ``out_path`` (MP4, atomic).
+
+    Returns:
+        ``{"frames", "fps", "width", "height", "bytes", "centre", "up", "radius", "elevation_deg"}``.
+    """
+    from .viewer import intrinsics_from_fov, render_view
+
+    mats, orbit = turntable_cameras(viewmats, opts.n_frames, radius_scale, elevation_deg)
+    K = intrinsics_from_fov(opts.fov_y_deg, opts.width, opts.height)
+    frames = (render_view(splat, m, K, opts.width, opts.height) for m in mats)
+    n = write_video(out_path, frames, opts.fps, opts.quality, total=len(mats))
+    return {"frames": n, "fps": opts.fps, "width": opts.width, "height": opts.height,
+            "bytes": Path(out_path).stat().st_size, **orbit}
+
+
 def main(splat_path: str | os.PathLike, aligned_dir: str | os.PathLike, out_path: str | os.PathLike,
          views_path: str | os.PathLike | None = None, options: dict | None = None,
-         report_path: str | os.PathLike | None = None) -> dict:
-    """``results/{scene}_flythrough.mp4`` from the trained splat and the aligned model.
+         report_path: str | os.PathLike | None = None, turntable: bool = False) -> dict:
+    """``results/{scene}_flythrough.mp4`` from the trained splat and the aligned model; with
+    ``turntable`` an orbit around the object instead (``aligned_dir`` may then also be an Inria
+    folder or a ``cameras.json``, see :func:`read_poses`).
 
     Raises:
         InputError: unreadable splat/model, bad options.
@@ -173,23 +328,29 @@ def main(splat_path: str | os.PathLike, aligned_dir: str | os.PathLike, out_path
     except TypeError as e:
         raise InputError(f"video options: {e}") from None
     splat = read_any(splat_path)
-    track = capture_track(aligned_dir, views_path)
-    info = render_flythrough(splat, track["centres"], out_path, opts)
-    _LOG.info("flythrough: %s (%d frames, %dx%d, %.1f MB)", out_path, info["frames"], opts.width, opts.height,
-              info["bytes"] / 1e6)
+    if turntable:
+        info = render_turntable(splat, read_poses(aligned_dir), out_path, opts)
+    else:
+        track = capture_track(aligned_dir, views_path)
+        info = render_flythrough(splat, track["centres"], out_path, opts)
+    _LOG.info("%s: %s (%d frames, %dx%d, %.1f MB)", "turntable" if turntable else "flythrough", out_path,
+              info["frames"], opts.width, opts.height, info["bytes"] / 1e6)
     if report_path:
         write_json(report_path, info)
     return info
 
 
 def cli(argv: list[str]) -> int:
-    """``splatforge flythrough SPLAT ALIGNED_DIR OUT.mp4 [--views views.json] [--width W ...]``."""
+    """``splatforge flythrough SPLAT ALIGNED_DIR OUT.mp4 [--views views.json] [--turntable] [--width W ...]``."""
     ap = argparse.ArgumentParser(prog="splatforge flythrough",
                                  description="Render a fly-through MP4 of a splat along the smoothed capture trajectory.")
     ap.add_argument("splat")
-    ap.add_argument("aligned", help="aligned COLMAP model folder (work/{scene}/aligned)")
+    ap.add_argument("aligned", help="aligned COLMAP model folder (work/{scene}/aligned); with --turntable also an "
+                    "Inria folder (cameras.json) or a cameras.json")
     ap.add_argument("out", help="output .mp4")
     ap.add_argument("--views", help="views.json (frames of panoramas)")
+    ap.add_argument("--turntable", action="store_true",
+                    help="orbit once around the object the capture cameras look at (object captures)")
     d = VideoOptions()
     for k in ("width", "height", "fps"):
         ap.add_argument(f"--{k}", type=int, default=getattr(d, k))
@@ -197,5 +358,5 @@ def cli(argv: list[str]) -> int:
         ap.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=getattr(d, k))
     a = ap.parse_args(argv)
     opts = {k: getattr(a, k) for k in ("width", "height", "fps", "seconds", "fov_y_deg", "smooth", "quality")}
-    main(a.splat, a.aligned, a.out, a.views, opts)
+    main(a.splat, a.aligned, a.out, a.views, opts, turntable=a.turntable)
     return 0

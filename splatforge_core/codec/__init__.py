@@ -47,21 +47,28 @@ class CodecOptions:
         16 for quantised, whose arrays are ~10x smaller than the PLY so a slower level is
         affordable; 16 is the fastest level that reaches 10x on inria3dgs_sh3_9080).
     position_bits: quantised tier: bits per position coordinate, 8..24 (default 16).
-    sh_bits: quantised tier: bits per higher-order SH coefficient, 4..8 (default 4, as SPZ).
+    sh_bits: bits per higher-order SH coefficient, 4..8 (default None: 4 for quantised, as SPZ;
+        8 for qat-3dgs-bundle, whose PLY stores them as char).
     rotation_bits: quantised tier: bits per smallest-three quaternion component, 6..12 (default 8).
     evaluate_psnr: quantised tier: render original and decoded splat and report PSNR (default True).
     psnr_views: number of orbit cameras for the PSNR evaluation (default 8).
     psnr_size: width = height of the PSNR renders in pixels (default 256).
+    finetune_iters: qat-3dgs-bundle: finetune steps, 0..100000 (default None: 5000 on CUDA,
+        300 on CPU, see benchmarks/results/qat.md).
+    finetune_max_side: qat-3dgs-bundle: longer image side of the finetune and the held-out
+        evaluation in pixels, 16..16384 (default None: full resolution on CUDA, 160 on CPU).
     """
 
     keep_required: bool = True
     zstd_level: int | None = field(default=None, metadata={"min": 1, "max": 22})
     position_bits: int = field(default=16, metadata={"min": 8, "max": 24})
-    sh_bits: int = field(default=4, metadata={"min": 4, "max": 8})
+    sh_bits: int | None = field(default=None, metadata={"min": 4, "max": 8})
     rotation_bits: int = field(default=8, metadata={"min": 6, "max": 12})
     evaluate_psnr: bool = True
     psnr_views: int = field(default=8, metadata={"min": 1})
     psnr_size: int = field(default=256, metadata={"min": 16, "max": 8192})
+    finetune_iters: int | None = field(default=None, metadata={"min": 0, "max": 100000})
+    finetune_max_side: int | None = field(default=None, metadata={"min": 16, "max": 16384})
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CodecOptions":
@@ -71,10 +78,14 @@ class CodecOptions:
             raise InputError(f"compress options: zstd_level {o.zstd_level} not in 1..22")
         if not 8 <= o.position_bits <= 24:
             raise InputError(f"compress options: position_bits {o.position_bits} not in 8..24")
-        if not 4 <= o.sh_bits <= 8:
+        if o.sh_bits is not None and not 4 <= o.sh_bits <= 8:
             raise InputError(f"compress options: sh_bits {o.sh_bits} not in 4..8")
         if not 6 <= o.rotation_bits <= 12:
             raise InputError(f"compress options: rotation_bits {o.rotation_bits} not in 6..12")
+        if o.finetune_iters is not None and not 0 <= o.finetune_iters <= 100000:
+            raise InputError(f"compress options: finetune_iters {o.finetune_iters} not in 0..100000")
+        if o.finetune_max_side is not None and not 16 <= o.finetune_max_side <= 16384:
+            raise InputError(f"compress options: finetune_max_side {o.finetune_max_side} not in 16..16384")
         return o
 
 
@@ -209,9 +220,12 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
         if codec is not None:
             if codec not in PRESETS or PRESETS[codec].container:
                 raise InputError(f"{path}: unknown codec {codec!r} in the PLY header")
-            from .lossless import verify_checksum
+            if PRESETS[codec].check is not None:  # a PLY preset with metadata of its own (qat-3dgs-bundle)
+                PRESETS[codec].check(path, hdr)
+            else:
+                from .lossless import verify_checksum
 
-            verify_checksum(hdr)
+                verify_checksum(hdr)
         if hdr.fmt == "ascii":
             out_body = "not checked (ASCII body)"
         else:

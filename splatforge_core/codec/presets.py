@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
-from . import entropy, lossless, quantised
+from . import entropy, lossless, qat_bundle, quantised
 from .container import container_codec, is_container
 
 
@@ -45,7 +45,9 @@ class Preset:
         options: the :class:`~splatforge_core.codec.CodecOptions` fields the preset reads.
         check: container presets: ``check(path, meta) -> PlyHeader`` validates the metadata of
             a container whose checksum passed (:func:`.container.verify_container`) without
-            decoding it (``splatforge info``); raises :class:`InputError`.
+            decoding it (``splatforge info``); PLY presets with metadata of their own
+            (``qat-3dgs-bundle``): ``check(path, header) -> PlyHeader`` verifies the checksum and
+            that metadata. Raises :class:`InputError`.
     """
 
     name: str
@@ -78,6 +80,11 @@ PRESETS: dict[str, Preset] = {
                quantised.encode_quantised, quantised.decode_quantised_parts,
                ("zstd_level", "position_bits", "sh_bits", "rotation_bits", "evaluate_psnr", "psnr_views",
                 "psnr_size"), quantised.validate_meta),
+        Preset(qat_bundle.PRESET, False, ".ply",
+               "lossy, needs a bundle (splat + cameras + images): int8 f_rest after a quantisation-aware finetune; "
+               "a valid PLY",
+               qat_bundle.encode_preset, qat_bundle.decode_parts,
+               ("sh_bits", "finetune_iters", "finetune_max_side", "keep_required"), qat_bundle.check),
     )
 }
 
@@ -87,9 +94,9 @@ PLANNED: dict[str, str] = {
     "scaffold": "Scaffold-GS anchor PLYs (a later issue)",
 }
 
+#: PLY-output presets are told apart by the ``splatforge_codec`` comment of the header; the first
+#: (``qat-3dgs``) also decodes PLYs without one (its decoder rejects them with a clear error).
 _PLY_PRESETS = [p for p in PRESETS.values() if not p.container]
-if len(_PLY_PRESETS) != 1:  # a PLY output is recognised by its header comment; decompress expects one such preset
-    raise RuntimeError(f"exactly one PLY-output preset expected, got {[p.name for p in _PLY_PRESETS]}")
 
 
 def check_preset(preset: str) -> None:
@@ -109,8 +116,9 @@ def get_preset(preset: str) -> Preset:
 
 
 def preset_for_file(path: str | os.PathLike) -> Preset:
-    """The preset that wrote ``path``: a container's ``codec`` key, else the PLY-output preset
-    (``qat-3dgs``, whose decoder rejects a PLY without its header comment).
+    """The preset that wrote ``path``: a container's ``codec`` key, else the PLY-output preset named
+    by the header's ``splatforge_codec`` comment, else ``qat-3dgs`` (whose decoder rejects a PLY
+    without its header comment).
 
     Raises:
         InputError: a container whose codec no preset of the registry has.
@@ -122,4 +130,16 @@ def preset_for_file(path: str | os.PathLike) -> Preset:
         if p is None or not p.container:
             raise InputError(f"{path}: unknown codec {codec!r} in container")
         return p
+    from .layout import CODEC_COMMENT, parse_header
+
+    try:
+        comments = parse_header(path).comments
+    except InputError:
+        return _PLY_PRESETS[0]  # its decoder names the problem
+    for c in comments:
+        tok = c.split()
+        if tok[:1] == [CODEC_COMMENT] and len(tok) > 1:
+            p = PRESETS.get(tok[1])
+            if p is not None and not p.container:
+                return p
     return _PLY_PRESETS[0]

@@ -153,7 +153,7 @@ def quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, lis
     deg = sh_degree_from_names(names)
     n = len(verts)
     g = _column_groups(deg)
-    bits = {"pos": opts.position_bits, "scale": 8, "dc": 8, "rest": opts.sh_bits, "opacity": 8,
+    bits = {"pos": opts.position_bits, "scale": 8, "dc": 8, "rest": opts.sh_bits or 4, "opacity": 8,
             "rot": opts.rotation_bits}
     handled = set(sum(g.values(), [])) | {"opacity", "rot_0", "rot_1", "rot_2", "rot_3"}
     used = [c for c in handled if c in names]

@@ -157,39 +157,42 @@ def write_points(path: Path, pts, cols) -> None:
         PlyData([PlyElement.describe(a, "vertex")]).write(str(tmp))
 
 
-def load_scene(out: Path):
-    """The folder's :class:`SceneData` (held-out every 8th camera) with the SfM points."""
+def load_scene(out: Path, max_side: int | None = None):
+    """The folder's :class:`SceneData` (held-out every 8th camera, images resized to ``max_side``)
+    with the SfM points."""
     from splatforge_core import inria
 
-    scene = inria.load_views(out, eval_every_n=8)
+    scene = inria.load_views(out, max_side=max_side, eval_every_n=8)
     scene.points, scene.colors = read_points(out / "points3D.ply")
     return scene
 
 
-def train_opts(iterations: int, threads: int) -> dict:
+def train_opts(iterations: int, threads: int, max_gaussians: int) -> dict:
     """Train options of the snowmiku run (see the module docstring and train.md)."""
     return {"device": "cpu", "iterations": iterations, "num_threads": threads, "sky_points": 0,
+            "max_gaussians": max_gaussians,
             "eval_steps": [], "checkpoint_every": 250, "progress": True, "log_every": 50}
 
 
-def train(out: Path, iterations: int, threads: int) -> dict:
+def train(out: Path, iterations: int, threads: int, train_side: int, max_gaussians: int) -> dict:
     from splatforge_core.train.trainer import train_scene_data
 
-    scene = load_scene(out)
+    scene = load_scene(out, train_side)
     t0 = time.perf_counter()
-    m = train_scene_data(scene, out / "train", out / "point_cloud.ply", train_opts(iterations, threads))
+    m = train_scene_data(scene, out / "train", out / "point_cloud.ply", train_opts(iterations, threads, max_gaussians))
     m["bench_wall_seconds"] = time.perf_counter() - t0
     (out / "DONE").touch()
     return m
 
 
-def speed(out: Path, steps: int, threads: int) -> dict:
+def speed(out: Path, steps: int, threads: int, train_side: int, max_gaussians: int) -> dict:
     from splatforge_core.train.trainer import train_scene_data
 
-    scene = load_scene(out)
+    scene = load_scene(out, train_side)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        m = train_scene_data(scene, Path(d), Path(d) / "s.ply", dict(train_opts(steps, threads), resume=False))
+        m = train_scene_data(scene, Path(d), Path(d) / "s.ply", dict(train_opts(steps, threads, max_gaussians),
+                                                                     resume=False))
     return {"steps": steps, "sec_per_iter": m["sec_per_iter"], "wall": time.perf_counter() - t0,
             "num_gaussians": m["num_gaussians"], "psnr": m["final"].get("psnr")}
 
@@ -206,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-side", type=int, default=None, help="train/evaluate at this longer side (default: as written)")
+    ap.add_argument("--max-gaussians", type=int, default=100_000)
     ap.add_argument("--write-md", action="store_true")
     a = ap.parse_args(argv)
     from splatforge_core.log import setup_logging
@@ -215,9 +220,9 @@ def main(argv=None) -> int:
     if a.what == "prep":
         print(json.dumps(prep(a.out, a.max_side), indent=1))
     elif a.what == "speed":
-        print(json.dumps(speed(a.out, a.steps, a.threads), indent=1))
+        print(json.dumps(speed(a.out, a.steps, a.threads, a.train_side, a.max_gaussians), indent=1))
     else:
-        m = train(a.out, a.iterations, a.threads)
+        m = train(a.out, a.iterations, a.threads, a.train_side, a.max_gaussians)
         keep = {k: m[k] for k in ("iterations", "num_gaussians", "sh_degree", "n_train_views", "n_test_views",
                                   "final", "final_train_views", "train_seconds", "sec_per_iter", "bench_wall_seconds")}
         print(json.dumps(keep, indent=1))
@@ -228,7 +233,8 @@ def main(argv=None) -> int:
                    f"{m['sec_per_iter']:.3f} |")
             sec = (f"## snowmiku (real object capture, 97 photos) on CPU, {a.threads} threads\n\n"
                    f"Reproduce: `python benchmarks/bench_snowmiku.py prep --out DIR && nice -n 5 python "
-                   f"benchmarks/bench_snowmiku.py train --out DIR --iterations {a.iterations} --write-md`. "
+                   f"benchmarks/bench_snowmiku.py train --out DIR --iterations {a.iterations} --train-side {a.train_side} "
+                   f"--max-gaussians {a.max_gaussians} --write-md`. "
                    f"{m['n_train_views']} training / {m['n_test_views']} held-out views (every 8th camera) of "
                    f"{m['resolution']['first_train_view'][0]}x{m['resolution']['first_train_view'][1]}, "
                    f"undistorted from the 1008x756 distorted photos (module docstring); init from the 25,784 SfM "

@@ -15,6 +15,10 @@ views.json, :func:`splatforge_core.train.data.load_scene`) or from an Inria-layo
 held-out views are the trainer's split (every 8th frame) and only the training views rank the
 Gaussians.
 
+``--finetune N`` then finetunes the pruned splat for N steps on the training views only (never the
+held-out ones) with :func:`splatforge_core.train.finetune.finetune` (Adam on every parameter, no
+densification), as LightGaussian does after pruning.
+
 ``prune_curve`` writes held-out PSNR (against the held-out photos, black background, no masks) for
 several kept fractions and rankings: LightGaussian significance, random choice and opacity (the
 baselines a ranking must beat).
@@ -183,21 +187,40 @@ def prune_curve(splat: dict, data, score: np.ndarray, keeps=(1.0, 0.5, 0.25, 0.1
     return out
 
 
+def finetune_fn(data, iterations: int):
+    """``splat -> splat`` finetuning on ``data.train`` (never ``data.test``) for ``iterations`` steps
+    with :func:`splatforge_core.train.finetune.finetune` (its default options)."""
+    from .train.finetune import finetune
+
+    def run(splat: dict) -> dict:
+        out, log = finetune(splat, data.train, iterations, scene_scale=data.scene_scale)
+        _LOG.info("finetuned %d Gaussians for %d steps (loss %.4f -> %.4f, %.1f s)", len(splat["means"]),
+                  iterations, log["loss_first"] or 0.0, log["loss_last"] or 0.0, log["wall_secs"])
+        return out
+
+    return run
+
+
 def main(splat_path, out_path, keep: float, scene_dir=None, curve_path=None, max_side: int = 128, max_views: int = 0,
-         inria_dir=None, baselines: bool = False) -> dict:
+         inria_dir=None, baselines: bool = False, finetune: int = 0) -> dict:
     """Prune ``splat_path`` to ``keep`` by significance on the training views of ``scene_dir`` (a
     Splat Forge work folder) or ``inria_dir`` (an Inria folder) -- all, or a random ``max_views``
     of them, rendered at ``max_side`` pixels; write ``out_path`` (any format of
     :mod:`splatforge_core.formats`) and, with ``curve_path``, the held-out PSNR curve JSON
-    (with ``baselines`` also for random and opacity ranking).
+    (with ``baselines`` also for random and opacity ranking). ``finetune`` > 0: finetune the pruned
+    splat that many steps on the training views (:func:`finetune_fn`) before writing it, and add a
+    finetuned column to the curve.
 
     Raises:
-        InputError: unreadable splat or views, neither or both folders, keep outside (0, 1].
+        InputError: unreadable splat or views, neither or both folders, keep outside (0, 1],
+            negative ``finetune``.
     """
     from .formats import read_any, write_any
 
     if not 0 < keep <= 1:
         raise InputError(f"--keep {keep}: the kept fraction must be in (0, 1]")
+    if finetune < 0:
+        raise InputError(f"--finetune {finetune}: the finetune step count must be >= 0")
     data = load_data(scene_dir, inria_dir, max_side)
     splat = read_any(splat_path)
     if not data.train:
@@ -205,12 +228,16 @@ def main(splat_path, out_path, keep: float, scene_dir=None, curve_path=None, max
     train = _subset(data.train, max_views)
     score = significance(splat, train)
     pruned = prune_splat(splat, score, keep)
+    ft = finetune_fn(data, finetune) if finetune else None
+    if ft is not None:
+        pruned = ft(pruned)
     write_any(out_path, pruned)
     info = {"input": str(splat_path), "output": str(out_path), "keep": keep, "gaussians_in": int(len(splat["means"])),
             "gaussians_out": int(len(pruned["means"])), "significance_views": len(train), "render_side_px": max_side,
-            "views_from": str(scene_dir or inria_dir)}
+            "views_from": str(scene_dir or inria_dir), "finetune_steps": finetune}
     if curve_path:
-        write_json(curve_path, {**info, "curve": prune_curve(splat, data, score, baselines=baselines)})
+        write_json(curve_path, {**info, "curve": prune_curve(
+            splat, data, score, baselines=baselines, finetune=(f"significance+finetune{finetune}", ft) if ft else None)})
     return info
 
 
@@ -228,8 +255,11 @@ def cli(argv: list[str]) -> int:
     src.add_argument("--inria", help="an Inria-layout folder (cameras.json + images/); held out: every 8th camera")
     ap.add_argument("--curve", help="also write held-out PSNR at keep 1.0, 0.5, 0.25, 0.1 to this JSON")
     ap.add_argument("--baselines", action="store_true", help="add random and opacity ranking to the --curve")
+    ap.add_argument("--finetune", type=int, default=0, metavar="N",
+                    help="finetune the pruned splat N steps on the training views (and add a finetuned column to --curve)")
     ap.add_argument("--max-side", type=int, default=128, help="render size for significance and PSNR (pixels)")
     ap.add_argument("--max-views", type=int, default=0, help="training views used for significance (0: all)")
     a = ap.parse_args(argv)
-    print(json.dumps(main(a.input, a.output, a.keep, a.scene_dir, a.curve, a.max_side, a.max_views, a.inria, a.baselines)))
+    print(json.dumps(main(a.input, a.output, a.keep, a.scene_dir, a.curve, a.max_side, a.max_views, a.inria, a.baselines,
+                                a.finetune)))
     return 0

@@ -25,14 +25,16 @@ def _basis(up):
     return e0, np.cross(up, e0)
 
 
-def _capture(n: int = 12, radius: float = 3.0, elev_deg: float = 25.0, aim_noise: float = 0.0, seed: int = 0):
-    """``n`` cameras on a ring around CENTRE (tilted up axis UP) aiming at it (+- aim_noise m)."""
+def _capture(n: int = 12, radius: float = 3.0, elev_deg: float = 25.0, aim_noise: float = 0.0, seed: int = 0,
+             arc: float = 2 * math.pi):
+    """``n`` cameras on a ring (or an ``arc`` radians of it) around CENTRE (tilted up axis UP)
+    aiming at it (+- aim_noise m)."""
     rng = np.random.default_rng(seed)
     e0, e1 = _basis(UP)
     el = math.radians(elev_deg)
     mats = []
     for k in range(n):
-        a = 2 * math.pi * k / n + 0.3
+        a = arc * k / n + 0.3 if arc >= 2 * math.pi else 2.0 + arc * k / (n - 1)
         pos = CENTRE + radius * (math.cos(el) * (math.cos(a) * e0 + math.sin(a) * e1) + math.sin(el) * UP)
         mats.append(look_at_viewmat(pos, CENTRE + rng.normal(0, aim_noise, 3), UP))
     return mats
@@ -84,6 +86,26 @@ def test_orbit_keeps_radius_and_elevation_and_looks_at_the_centre():
     e0, e1 = _basis(UP)
     az = np.unwrap(np.arctan2(rel @ e1, rel @ e0))
     assert az[-1] - az[0] == pytest.approx(2 * math.pi * 35 / 36, abs=0.02)  # one turn, evenly
+
+
+def test_partial_capture_swings_over_its_own_arc():
+    """A capture that saw one side only (azimuths 2.0 .. 2.0 + 150 deg): ``arc_deg=0`` swings over that
+    span and back, centred on it; a 90-degree arc stays inside it."""
+    mats = _capture(n=10, arc=math.radians(150))
+    e0, e1 = _basis(UP)
+
+    def azimuths(cams):
+        rel = np.array([np.linalg.inv(m)[:3, 3] for m in cams]) - CENTRE
+        return np.degrees(np.unwrap(np.arctan2(rel @ e1, rel @ e0)))
+
+    cams, info = turntable_cameras(mats, 40, arc_deg=0)
+    az = azimuths(cams)
+    assert info["arc_deg"] == pytest.approx(150, abs=0.5)
+    assert az.min() == pytest.approx(np.degrees(2.0), abs=0.5) and az.max() == pytest.approx(np.degrees(2.0) + 150, abs=0.5)
+    assert np.argmax(az) == 20 and az[0] == az.min()  # there (half the frames) and back
+    az90 = azimuths(turntable_cameras(mats, 40, arc_deg=90)[0])
+    assert az90.max() - az90.min() == pytest.approx(90, abs=0.5)
+    assert (az90.max() + az90.min()) / 2 == pytest.approx(np.degrees(2.0) + 75, abs=0.5)
 
 
 @pytest.mark.slow

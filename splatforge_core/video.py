@@ -369,7 +369,12 @@ def main(splat_path: str | os.PathLike, aligned_dir: str | os.PathLike, out_path
         raise InputError(f"video options: {e}") from None
     splat = read_any(splat_path)
     if turntable:
-        info = render_turntable(splat, read_poses(aligned_dir), out_path, opts, radius_scale, arc_deg=arc_deg)
+        poses = read_poses(aligned_dir)
+        try:  # the cameras' geometry first, so that its errors name their file
+            turntable_cameras(poses, 1, radius_scale, arc_deg=arc_deg)
+        except InputError as e:
+            raise InputError(f"{aligned_dir}: {e}") from None
+        info = render_turntable(splat, poses, out_path, opts, radius_scale, arc_deg=arc_deg)
     else:
         track = capture_track(aligned_dir, views_path)
         info = render_flythrough(splat, track["centres"], out_path, opts)

@@ -66,11 +66,23 @@ def test_centre_and_up_from_the_capture_cameras():
 
 
 @pytest.mark.hostile(cls="video", expect="clear_error")
-def test_parallel_cameras_are_refused():
-    """A walk (all cameras facing the same way) has no object to orbit: a clear error."""
+def test_parallel_cameras_are_refused(tmp_path: Path):
+    """A walk (all cameras facing the same way) has no object to orbit: a clear error naming the
+    cameras.json, and no video."""
+    from splatforge_core import inria
+    from splatforge_core.splat import write_splat_ply
+    from splatforge_core.video import main
+
     mats = [look_at_viewmat([x, 0, 1.5], [x, 5, 1.5]) for x in np.linspace(0, 6, 8)]
     with pytest.raises(InputError, match="parallel"):
         object_centre(mats)
+    cams = [inria.camera_from_pinhole(i, f"im{i}", intrinsics_from_fov(50, 64, 48), m, 64, 48) for i, m in enumerate(mats)]
+    inria.write_cameras_json(tmp_path / "cameras.json", cams)
+    s = _white_blob(20)
+    write_splat_ply(tmp_path / "s.ply", s["means"], s["scales"], s["quats"], s["opacities"], s["sh0"], s["shN"])
+    with pytest.raises(InputError, match="parallel") as e:
+        main(tmp_path / "s.ply", tmp_path / "cameras.json", tmp_path / "o.mp4", turntable=True)
+    assert str(tmp_path / "cameras.json") in str(e.value) and not (tmp_path / "o.mp4").exists()
 
 
 def test_orbit_keeps_radius_and_elevation_and_looks_at_the_centre():

@@ -23,10 +23,14 @@ principal point at the centre), but ``images/`` holds the DISTORTED originals do
 Usage::
 
     python benchmarks/bench_snowmiku.py prep --out /work/scratch/h16-snow/snowmiku
-    python benchmarks/bench_snowmiku.py speed --out /work/scratch/h16-snow/snowmiku --steps 200
-    python benchmarks/bench_snowmiku.py train --out /work/scratch/h16-snow/snowmiku --iterations 3000 [--write-md]
+    OMP_WAIT_POLICY=PASSIVE nice -n 5 python benchmarks/bench_snowmiku.py train \
+        --out /work/scratch/h16-snow/snowmiku --iterations 1200 --train-side 192 --max-gaussians 60000 --threads 1
+    python benchmarks/bench_snowmiku.py report --out /work/scratch/h16-snow/snowmiku   # train.md section
+    python benchmarks/bench_snowmiku.py speed --out DIR --steps 200 --train-side 192 --threads 1
 
-``--write-md`` appends the numbers to ``benchmarks/results/train.md``.
+``--write-md`` (train) or ``report`` append the numbers to ``benchmarks/results/train.md``.
+One thread on the shared machine: with 2 torch threads at a load average of ~15 on 2 cores a step
+took 7-30 s (OpenMP threads waiting on each other while descheduled), with 1 thread ~1.2-2.3 s.
 """
 
 from __future__ import annotations
@@ -201,9 +205,30 @@ def _load_note() -> str:
     return f"{platform.node()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start"
 
 
+def _write_md(m: dict, a, load: str) -> None:
+    """Append the run's section to ``benchmarks/results/train.md``."""
+    f, ft = m["final"], m["final_train_views"]
+    o = m["options"]
+    row = (f"| {m['iterations']} | {m['num_gaussians']} | {m['sh_degree']} | {f['psnr']:.2f} | {f['ssim']:.4f} | "
+           f"{f.get('lpips', float('nan')):.4f} | {ft['psnr']:.2f} | {m['train_seconds'] / 60:.1f} | "
+           f"{m['sec_per_iter']:.3f} |")
+    w, h = m["resolution"]["first_train_view"]
+    sec = (f"## snowmiku (real object capture, 97 photos) on CPU, {o['num_threads']} thread(s)\n\n"
+           f"Reproduce: `python benchmarks/bench_snowmiku.py prep --out DIR && OMP_WAIT_POLICY=PASSIVE nice -n 5 python "
+           f"benchmarks/bench_snowmiku.py train --out DIR --iterations {m['iterations']} --train-side {max(w, h)} "
+           f"--max-gaussians {o['max_gaussians']} --threads {o['num_threads']} --write-md`. "
+           f"{m['n_train_views']} training / {m['n_test_views']} held-out views (every 8th camera) of {w}x{h}, "
+           f"undistorted from the 1008x756 distorted photos (module docstring of bench_snowmiku.py); init from the "
+           f"25,784 SfM points, no sky sphere. Machine: {load}.\n\n"
+           "| steps | Gaussians | SH degree | held-out PSNR dB | SSIM | LPIPS | train-view PSNR dB | "
+           "train min | s/step |\n|---|---|---|---|---|---|---|---|---|\n" + row + "\n")
+    old = RESULT.read_text()
+    RESULT.write_text(old.rstrip("\n") + "\n\n" + sec)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["prep", "speed", "train"])
+    ap.add_argument("what", choices=["prep", "speed", "train", "report"])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--max-side", type=int, default=320)
     ap.add_argument("--iterations", type=int, default=3000)
@@ -221,28 +246,16 @@ def main(argv=None) -> int:
         print(json.dumps(prep(a.out, a.max_side), indent=1))
     elif a.what == "speed":
         print(json.dumps(speed(a.out, a.steps, a.threads, a.train_side, a.max_gaussians), indent=1))
+    elif a.what == "report":  # the section of a finished run, from its metrics.json
+        _write_md(json.loads((a.out / "train" / "metrics.json").read_text()), a, "recorded after the run: "
+                  + load)
     else:
         m = train(a.out, a.iterations, a.threads, a.train_side, a.max_gaussians)
         keep = {k: m[k] for k in ("iterations", "num_gaussians", "sh_degree", "n_train_views", "n_test_views",
                                   "final", "final_train_views", "train_seconds", "sec_per_iter", "bench_wall_seconds")}
         print(json.dumps(keep, indent=1))
         if a.write_md:
-            f, ft = m["final"], m["final_train_views"]
-            row = (f"| {m['iterations']} | {m['num_gaussians']} | {m['sh_degree']} | {f['psnr']:.2f} | {f['ssim']:.4f} | "
-                   f"{f.get('lpips', float('nan')):.4f} | {ft['psnr']:.2f} | {m['train_seconds'] / 60:.1f} | "
-                   f"{m['sec_per_iter']:.3f} |")
-            sec = (f"## snowmiku (real object capture, 97 photos) on CPU, {a.threads} threads\n\n"
-                   f"Reproduce: `python benchmarks/bench_snowmiku.py prep --out DIR && nice -n 5 python "
-                   f"benchmarks/bench_snowmiku.py train --out DIR --iterations {a.iterations} --train-side {a.train_side} "
-                   f"--max-gaussians {a.max_gaussians} --write-md`. "
-                   f"{m['n_train_views']} training / {m['n_test_views']} held-out views (every 8th camera) of "
-                   f"{m['resolution']['first_train_view'][0]}x{m['resolution']['first_train_view'][1]}, "
-                   f"undistorted from the 1008x756 distorted photos (module docstring); init from the 25,784 SfM "
-                   f"points, no sky sphere. Machine: {load}.\n\n"
-                   "| steps | Gaussians | SH degree | held-out PSNR dB | SSIM | LPIPS | train-view PSNR dB | "
-                   "train min | s/step |\n|---|---|---|---|---|---|---|---|---|\n" + row + "\n")
-            old = RESULT.read_text()
-            RESULT.write_text(old.rstrip("\n") + "\n\n" + sec)
+            _write_md(m, a, load)
     return 0
 
 

@@ -210,7 +210,7 @@ def _write_md(m: dict, a, load: str) -> None:
     f, ft = m["final"], m["final_train_views"]
     o = m["options"]
     row = (f"| {m['iterations']} | {m['num_gaussians']} | {m['sh_degree']} | {f['psnr']:.2f} | {f['ssim']:.4f} | "
-           f"{f.get('lpips', float('nan')):.4f} | {ft['psnr']:.2f} | {m['train_seconds'] / 60:.1f} | "
+           f"{format(f['lpips'], '.4f') if 'lpips' in f else 'n/a'} | {ft['psnr']:.2f} | {m['train_seconds'] / 60:.1f} | "
            f"{m['sec_per_iter']:.3f} |")
     w, h = m["resolution"]["first_train_view"]
     sec = (f"## snowmiku (real object capture, 97 photos) on CPU, {o['num_threads']} thread(s)\n\n"

@@ -63,7 +63,7 @@ _LOG = get_logger("train")
 
 # TrainOptions, init_gaussians, sky_sphere and refine_schedule moved to .options, .init and
 # .strategy; re-exported here for the existing ``from splatforge_core.train.trainer import ...``.
-__all__ = ["TrainOptions", "Trainer", "main", "cli", "init_gaussians", "sky_sphere", "refine_schedule"]
+__all__ = ["TrainOptions", "Trainer", "main", "train_scene_data", "cli", "init_gaussians", "sky_sphere", "refine_schedule"]
 
 
 def _rasterization():
@@ -566,13 +566,20 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
     if not scene.train:
         raise InputError(f"{aligned_dir}: no training views left after holding out every "
                          f"{opts.eval_every_n}th frame")
-    # build, train
-    tr = Trainer(scene, opts, device, out_dir)
     t_fp = time.perf_counter()
-    tr.fingerprint = input_fingerprint(aligned_dir, images_dir, [v.name for v in scene.train + scene.test],
-                                       _masks_from_views(views_path).values(), views_path, asdict(opts))
+    fingerprint = input_fingerprint(aligned_dir, images_dir, [v.name for v in scene.train + scene.test],
+                                    _masks_from_views(views_path).values(), views_path, asdict(opts))
     _LOG.info("input fingerprint of %d images in %.2f s", len(scene.train) + len(scene.test),
               time.perf_counter() - t_fp)
+    return _train_loaded(scene, opts, device, out_dir, ply_path, fingerprint, max_side, t0)
+
+
+def _train_loaded(scene: SceneData, opts: TrainOptions, device: torch.device, out_dir: Path, ply_path: Path,
+                  fingerprint: Dict[str, str], max_side: Optional[int], t0: float) -> Dict[str, Any]:
+    """Train on a loaded scene, evaluate, write the splat and ``metrics.json`` (shared by
+    :func:`main` and :func:`train_scene_data`)."""
+    tr = Trainer(scene, opts, device, out_dir)
+    tr.fingerprint = fingerprint
     _resume_or_init(tr, opts.resume)
     final = train_with_oom_tiers(tr)
     # how well the splat fits the views it was trained on (a pose or data problem shows here
@@ -590,6 +597,68 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         _LOG.info("done: %d steps, %d Gaussians (no held-out views) -> %s", tr.step, metrics["num_gaussians"],
                   ply_path)
     return metrics
+
+
+def scene_fingerprint(scene: SceneData, options: Dict[str, Any]) -> Dict[str, str]:
+    """:func:`.checkpoint.input_fingerprint`'s counterpart for an in-memory scene: sha256 hex
+    digests of the views (names, frames, pixels, K, viewmat, masks), the initial points and
+    colours, and the options (result-neutral ones left out), so that a checkpoint of other
+    inputs is never resumed."""
+    import hashlib
+    import json
+
+    from .checkpoint import RESULT_NEUTRAL_OPTIONS
+
+    def digest(views: List[View]) -> str:
+        h = hashlib.sha256()
+        for v in views:
+            h.update(f"{v.name}\0{v.frame}\0".encode())
+            for a in (v.image, v.K, v.viewmat, v.mask):
+                h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    pts = hashlib.sha256(np.ascontiguousarray(scene.points, np.float32).tobytes()
+                         + np.ascontiguousarray(scene.colors, np.float32).tobytes()).hexdigest()
+    opts = {k: v for k, v in options.items() if k not in RESULT_NEUTRAL_OPTIONS}
+    return {"images": digest(scene.train) + digest(scene.test), "aligned": pts, "masks": "", "views": "",
+            "options": hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()}
+
+
+def train_scene_data(scene: SceneData, out_dir: str | os.PathLike, ply_path: str | os.PathLike,
+                     options: Dict[str, Any] | TrainOptions | None = None) -> Dict[str, Any]:
+    """Train on an already loaded scene (e.g. :func:`splatforge_core.inria.load_views` plus SfM
+    points) and write ``ply_path`` and ``out_dir``'s metrics, figures and checkpoints like
+    :func:`main`.
+
+    Args:
+        scene: :class:`.data.SceneData` with ``train``/``test`` views at the training size
+            (``max_side``/``cpu_max_side`` are not applied again) and ``points`` [P, 3] /
+            ``colors`` [P, 3] float32 (colours in [0, 1]) for initialisation.
+        out_dir, ply_path, options: as in :func:`main`.
+
+    Returns:
+        the metrics dict (see :func:`main`).
+
+    Raises:
+        InputError: bad options, no training views, no initial points.
+        SplatForgeError: CUDA out of memory even with the last culling tier.
+    """
+    opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
+    opts.validate()
+    if not scene.train:
+        raise InputError("train_scene_data: the scene has no training views")
+    if len(scene.points) == 0 and not opts.sky_points:
+        raise InputError("train_scene_data: the scene has no initial points (and sky_points is 0)")
+    device = _resolve_device(opts.device)
+    if opts.num_threads is not None:
+        torch.set_num_threads(opts.num_threads)
+    out_dir, ply_path = Path(out_dir), Path(ply_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries([ply_path, *(out_dir / n for n in ("splat.ply", "metrics.json", "renders.png",
+                                                                 "curve.png"))])
+    t0 = time.perf_counter()
+    return _train_loaded(scene, opts, device, out_dir, ply_path, scene_fingerprint(scene, asdict(opts)),
+                         max(scene.train[0].width, scene.train[0].height), t0)
 
 
 def cli(argv: Optional[List[str]] = None) -> int:

@@ -7,6 +7,8 @@ Presets (registry ``PRESETS`` in :mod:`.presets`: name -> encoder, decoder, loss
 * ``lossless-zstd`` (:mod:`.entropy`): lossless ``.sfz`` container, constants + byte-plane
   shuffled columns compressed with zstd.
 * ``quantised`` (:mod:`.quantised`): lossy ``.sfz`` container in the spirit of SPZ.
+* ``qat-scaffold`` (:mod:`.lossless` on a Scaffold-GS anchor PLY): lossless PLY, the constant
+  normals / opacity / rot columns of the anchors move into header comments.
 
 Every lossless encoder decodes its own output in-process and compares it bit for bit with
 the source before the output is renamed into place (:func:`splatforge_core.io.atomic_path`);
@@ -105,7 +107,7 @@ def main(
         raise InputError(f"{in_ply}: output path must differ from the input")
     remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])])  # a killed run's
     header = parse_header(in_ply)
-    validate_3dgs(header)
+    (spec.validate or validate_3dgs)(header)
     names = [p.name for p in header.element("vertex").properties]
     try:
         deg: int | None = sh_degree_from_names(names)

@@ -19,7 +19,9 @@ from typing import Any, Callable
 
 from ..errors import InputError
 from . import entropy, lossless, quantised
+from ..scaffold.layout import validate_anchor_header
 from .container import container_codec, is_container
+from .layout import CODEC_COMMENT, parse_header
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Preset:
         check: container presets: ``check(path, meta) -> PlyHeader`` validates the metadata of
             a container whose checksum passed (:func:`.container.verify_container`) without
             decoding it (``splatforge info``); raises :class:`InputError`.
+        validate: ``validate(header)`` checks the input's layout before encoding (raises
+            :class:`InputError` naming the file); None: the 3DGS layout
+            (:func:`.layout.validate_3dgs`).
     """
 
     name: str
@@ -56,6 +61,7 @@ class Preset:
     decode: Callable[[str | os.PathLike], list]
     options: tuple[str, ...] = ()
     check: Callable[..., Any] | None = None
+    validate: Callable[..., Any] | None = None
 
     @property
     def container(self) -> bool:
@@ -78,18 +84,23 @@ PRESETS: dict[str, Preset] = {
                quantised.encode_quantised, quantised.decode_quantised_parts,
                ("zstd_level", "position_bits", "sh_bits", "rotation_bits", "evaluate_psnr", "psnr_views",
                 "psnr_size"), quantised.validate_meta),
+        Preset("qat-scaffold", True, ".ply",
+               "lossless on Scaffold-GS anchor PLYs; constant columns (normals, opacity, rot) move to header comments",
+               lossless.encode_scaffold_preset, lossless.decode_ply_parts, ("keep_required",),
+               validate=validate_anchor_header),
     )
 }
 
 #: Presets named in the roadmap but not implemented yet (rejected with this reason).
 PLANNED: dict[str, str] = {
     "qat-int8": "int8 quantisation-aware finetuning needs cameras and images (a later issue)",
-    "scaffold": "Scaffold-GS anchor PLYs (a later issue)",
+    "qat-bundle": "the Scaffold-GS QAT bundle with int8 anchor features (a later step of issue #15)",
 }
 
 _PLY_PRESETS = [p for p in PRESETS.values() if not p.container]
-if len(_PLY_PRESETS) != 1:  # a PLY output is recognised by its header comment; decompress expects one such preset
-    raise RuntimeError(f"exactly one PLY-output preset expected, got {[p.name for p in _PLY_PRESETS]}")
+# a PLY output is recognised by the preset its header's marker comment names
+if sorted(p.name for p in _PLY_PRESETS) != sorted(lossless.PLY_PRESETS):
+    raise RuntimeError(f"PLY-output presets {[p.name for p in _PLY_PRESETS]} != lossless.PLY_PRESETS")
 
 
 def check_preset(preset: str) -> None:
@@ -110,7 +121,8 @@ def get_preset(preset: str) -> Preset:
 
 def preset_for_file(path: str | os.PathLike) -> Preset:
     """The preset that wrote ``path``: a container's ``codec`` key, else the PLY-output preset
-    (``qat-3dgs``, whose decoder rejects a PLY without its header comment).
+    its ``splatforge_codec`` header comment names (none: ``qat-3dgs``, whose decoder rejects a
+    PLY without its header comment).
 
     Raises:
         InputError: a container whose codec no preset of the registry has.
@@ -122,4 +134,12 @@ def preset_for_file(path: str | os.PathLike) -> Preset:
         if p is None or not p.container:
             raise InputError(f"{path}: unknown codec {codec!r} in container")
         return p
-    return _PLY_PRESETS[0]
+    try:
+        comments = parse_header(path).comments
+    except InputError:
+        comments = []
+    for c in comments:
+        tok = c.split()
+        if tok[:1] == [CODEC_COMMENT] and len(tok) > 1 and tok[1] in PRESETS and not PRESETS[tok[1]].container:
+            return PRESETS[tok[1]]
+    return PRESETS[lossless.PRESET]

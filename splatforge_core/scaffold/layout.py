@@ -267,23 +267,21 @@ def write_anchor_ply(path: str | os.PathLike, a: Anchors) -> None:
             f.write(rec.tobytes())
 
 
-def read_anchor_ply(path: str | os.PathLike, feat_dim: Optional[int] = None, n_offsets: Optional[int] = None) -> Anchors:
-    """Read a Scaffold-GS ``point_cloud.ply`` (binary, float32, the exact reference property order).
+def validate_anchor_header(hdr, feat_dim: Optional[int] = None, n_offsets: Optional[int] = None) -> tuple[int, int]:
+    """Check a parsed PLY header (:func:`splatforge_core.splat.parse_header`) has the Scaffold-GS
+    anchor layout: binary, float32, the exact reference property order; returns ``(F, k)``.
 
     Args:
-        path: the PLY.
         feat_dim, n_offsets: expected F and k (from cfg_args); None: inferred from the columns.
 
-    Returns:
-        :class:`Anchors` (float32, native byte order).
-
     Raises:
-        InputError naming the file: not a binary PLY, a property that is not float32, the
-        properties not in the reference order, counts that disagree with cfg_args, more than
-        :data:`MAX_ANCHORS` anchors, a NaN or infinite value.
+        InputError naming the file: an ASCII body, no f_offset_*/f_anchor_feat_* columns, a
+        property out of the reference order, counts that disagree with cfg_args, a column that
+        is not float32.
     """
-    path = Path(path)
-    hdr = parse_header(path)
+    path = hdr.path
+    if hdr.fmt == "ascii":
+        raise InputError(f"{path}: ASCII PLY; the Scaffold-GS trainer writes binary_little_endian float32")
     el = hdr.element("vertex")
     names = [p.name for p in el.properties]
     k3 = sum(n.startswith("f_offset_") for n in names)
@@ -307,6 +305,30 @@ def read_anchor_ply(path: str | os.PathLike, feat_dim: Optional[int] = None, n_o
     bad = [p.name for p in el.properties if p.ply_type not in ("float", "float32")]
     if bad:
         raise InputError(f"{path}: Scaffold-GS columns must be float32, not: {', '.join(bad[:5])}")
+    return f, k
+
+
+def read_anchor_ply(path: str | os.PathLike, feat_dim: Optional[int] = None, n_offsets: Optional[int] = None) -> Anchors:
+    """Read a Scaffold-GS ``point_cloud.ply`` (binary, float32, the exact reference property order).
+
+    Args:
+        path: the PLY.
+        feat_dim, n_offsets: expected F and k (from cfg_args); None: inferred from the columns.
+
+    Returns:
+        :class:`Anchors` (float32, native byte order).
+
+    Raises:
+        InputError naming the file: not a binary PLY, a property that is not float32, the
+        properties not in the reference order, counts that disagree with cfg_args, more than
+        :data:`MAX_ANCHORS` anchors, a NaN or infinite value.
+    """
+    path = Path(path)
+    hdr = parse_header(path)
+    f, k = validate_anchor_header(hdr, feat_dim, n_offsets)
+    k3 = 3 * k
+    want = anchor_property_names(f, k)
+    el = hdr.element("vertex")
     if el.count > MAX_ANCHORS:
         raise InputError(f"{path}: {el.count} anchors is over the cap of {MAX_ANCHORS}")
     body = read_body(hdr)

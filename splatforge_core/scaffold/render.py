@@ -22,6 +22,16 @@ def camera_center(viewmat: Tensor) -> Tensor:
     return -viewmat[:3, :3].T @ viewmat[:3, 3]
 
 
+def in_frustum(anchor: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int) -> Tensor:
+    """[N] bool: anchor in front of the camera (z > 0.2) and within 1.3x the image (``in_frustum`` of the rasteriser)."""
+    pc = anchor @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = pc[:, 2]
+    zs = z.clamp_min(1e-6)
+    x = (pc[:, 0] / zs * K[0, 0] + K[0, 2] - width / 2) / (width / 2)
+    y = (pc[:, 1] / zs * K[1, 1] + K[1, 2] - height / 2) / (height / 2)
+    return (z > 0.2) & (x.abs() < 1.3) & (y.abs() < 1.3)
+
+
 def rasterize_gaussians(g: Dict[str, Tensor], viewmat: Tensor, K: Tensor, width: int, height: int,
                         background: Optional[Tensor] = None):
     """Rasterise the neural Gaussians ``g`` (:func:`generate_neural_gaussians`) for one camera.
@@ -46,11 +56,15 @@ def render_view(t: Dict[str, Tensor], mlps: Dict[str, Callable], cfg: ScaffoldCo
         mlps, cfg: the model's MLPs and shape options.
         viewmat: [4, 4] cam_from_world (OpenCV axes); K: [3, 3] pixels; width, height: pixels.
         background: [3] colour or None (black); camera_index: appearance embedding row.
+        visible_mask: [N] bool anchors to use; None: those :func:`in_frustum` (the reference
+            always renders the anchors its ``prefilter_voxel`` keeps).
 
     Returns:
         ``(image [H, W, 3], alpha [H, W, 1], info, gaussians)``.
     """
     viewmat = viewmat.to(t["anchor"])
+    if visible_mask is None:
+        visible_mask = in_frustum(t["anchor"].detach(), viewmat, K.to(viewmat), width, height)
     g = generate_neural_gaussians(t, mlps, cfg, camera_center(viewmat), camera_index, visible_mask)
     img, alpha, info = rasterize_gaussians(g, viewmat, K, width, height, background)
     return img, alpha, info, g

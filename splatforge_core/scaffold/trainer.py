@@ -532,8 +532,9 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike, views_pa
     from ..inria import camera_from_pinhole
     from ..splat import write_splat_ply
 
-    device = torch.device("cuda" if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    from ..train.trainer import _resolve_device
+
+    device = _resolve_device(opts.device)
     if opts.num_threads is not None:
         torch.set_num_threads(opts.num_threads)
     out_dir, ply_path = Path(out_dir), Path(ply_path)

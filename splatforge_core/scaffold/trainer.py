@@ -386,6 +386,8 @@ class ScaffoldTrainer:
                    per_view={v.name: {"psnr": p, "ssim": s} for v, p, s in zip(views, ps, ss)})
         if pairs:
             save_comparison_png(self.out_dir / "renders.png", pairs)
+        _LOG.info("step %d: PSNR %.2f dB, SSIM %.4f over %d views (%d anchors)", self.step, rec["psnr"], rec["ssim"],
+                  len(views), rec["num_anchors"])
         return rec
 
     # ---- loop ---------------------------------------------------------------------------

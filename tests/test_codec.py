@@ -21,7 +21,7 @@ LOSSLESS = ["qat-3dgs", "lossless-zstd"]
 
 
 def _ext(preset: str) -> str:
-    return ".ply" if preset in ("qat-3dgs", "qat-3dgs-bundle") else ".sfz"
+    return ".ply" if preset in ("qat-3dgs", "qat-3dgs-bundle", "qat-scaffold") else ".sfz"
 
 
 def _roundtrip(tmp_path: Path, src: Path, preset: str, options: dict | None = None) -> dict:
@@ -350,13 +350,13 @@ def test_preset_registry_entries() -> None:
     from splatforge_core.codec import PRESETS, Preset
 
     fields = {f.name for f in dataclasses.fields(CodecOptions)}
-    assert list(PRESETS) == ["qat-3dgs", "lossless-zstd", "quantised", "qat-3dgs-bundle"]
+    assert list(PRESETS) == ["qat-3dgs", "lossless-zstd", "quantised", "qat-3dgs-bundle", "qat-scaffold"]
     for name, p in PRESETS.items():
         assert isinstance(p, Preset) and p.name == name and callable(p.encode) and callable(p.decode)
         assert set(p.options) <= fields and p.suffix in (".ply", ".sfz") and p.suffix == _ext(name)
         with pytest.raises(dataclasses.FrozenInstanceError):
             p.lossless = not p.lossless  # type: ignore[misc]
-    assert [n for n, p in PRESETS.items() if p.lossless] == LOSSLESS
+    assert [n for n, p in PRESETS.items() if p.lossless] == LOSSLESS + ["qat-scaffold"]  # qat-scaffold: tests/test_scaffold_codec.py
 
 
 def test_new_preset_is_one_registry_entry(tmp_path: Path, small_ply: Path, monkeypatch) -> None:

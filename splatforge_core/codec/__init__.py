@@ -7,6 +7,8 @@ Presets (registry ``PRESETS`` in :mod:`.presets`: name -> encoder, decoder, loss
 * ``lossless-zstd`` (:mod:`.entropy`): lossless ``.sfz`` container, constants + byte-plane
   shuffled columns compressed with zstd.
 * ``quantised`` (:mod:`.quantised`): lossy ``.sfz`` container in the spirit of SPZ.
+* ``qat-scaffold`` (:mod:`.lossless` on a Scaffold-GS anchor PLY): lossless PLY, the constant
+  normals / opacity / rot columns of the anchors move into header comments.
 
 Every lossless encoder decodes its own output in-process and compares it bit for bit with
 the source before the output is renamed into place (:func:`splatforge_core.io.atomic_path`);
@@ -151,7 +153,7 @@ def main(
             raise InputError(f"{in_ply}: preset {preset!r} takes a splat PLY, not a bundle; pass the bundle's "
                              "point_cloud.ply, or use a preset that needs a bundle")
         header = parse_header(in_ply)
-        validate_3dgs(header)
+        (spec.validate or validate_3dgs)(header)
         data = map_file(in_ply)
         res, extra = spec.encode(in_ply, out_path, opts, header=header, data=data)
     names = [p.name for p in header.element("vertex").properties]

@@ -45,15 +45,14 @@ def validate_3dgs(header: PlyHeader) -> None:
 
     Raises :class:`InputError` naming the missing columns; a Scaffold-GS PLY
     (``f_anchor_feat_*``, ``f_offset_*``) is rejected with a message naming the
-    ``scaffold`` preset that a later issue adds.
+    ``qat-scaffold`` preset.
     """
     el = header.element("vertex")
     names = [p.name for p in el.properties]
     if any(n.startswith("f_anchor_feat") or n.startswith("f_offset") for n in names):
         raise InputError(
             f"{header.path}: this is a Scaffold-GS anchor PLY (f_anchor_feat_*/f_offset_* columns); "
-            "the qat-3dgs presets handle vanilla 3DGS only. Scaffold-GS needs the 'scaffold' preset, "
-            "which is not implemented yet (planned in a later issue)"
+            "this preset handles vanilla 3DGS only; use the 'qat-scaffold' preset for Scaffold-GS"
         )
     missing = [n for n in REQUIRED_PROPERTIES if n not in names]
     if missing:

@@ -57,6 +57,9 @@ from .layout import (
 log = get_logger("codec")
 
 PRESET = "qat-3dgs"
+#: Presets whose output is this format (the marker comment names which); ``qat-scaffold``
+#: applies it to Scaffold-GS anchor PLYs (:func:`encode_ply` with ``preset=``).
+PLY_PRESETS = (PRESET, "qat-scaffold")
 FORMAT_VERSION = 2
 #: Placeholder of the checksum line while the body is written (same length as the real digest).
 _NO_DIGEST = "0" * 64
@@ -170,7 +173,7 @@ def _eol(line: bytes) -> bytes:
     return b"\r\n" if line.endswith(b"\r\n") else b"\n"
 
 
-def build_header(header: PlyHeader, vertex_index: int, drop: dict[str, bytes]) -> bytes:
+def build_header(header: PlyHeader, vertex_index: int, drop: dict[str, bytes], preset: str = PRESET) -> bytes:
     """Header of the ``qat-3dgs`` output: marker comment, checksum line (a placeholder of
     64 zeros that :func:`encode_ply` overwrites) and in-place constant comments."""
     el = header.elements[vertex_index]
@@ -195,7 +198,7 @@ def build_header(header: PlyHeader, vertex_index: int, drop: dict[str, bytes]) -
         else:
             out.append(line)
         if tok[0] == "format":
-            out.append(f"comment {CODEC_COMMENT} {PRESET} {FORMAT_VERSION}".encode("ascii") + _eol(line))
+            out.append(f"comment {CODEC_COMMENT} {preset} {FORMAT_VERSION}".encode("ascii") + _eol(line))
             out.append(f"comment {CHECKSUM_COMMENT} {_NO_DIGEST}".encode("ascii") + _eol(line))
     return b"".join(out)
 
@@ -216,7 +219,7 @@ def restore_header(header: PlyHeader) -> tuple[bytes, list[tuple[str, str, str]]
         if tok[0] == "element":
             in_vertex = tok[1] == "vertex"
         if tok[:2] == ["comment", CODEC_COMMENT]:
-            if len(tok) < 4 or tok[2] != PRESET or tok[3] != str(FORMAT_VERSION):
+            if len(tok) < 4 or tok[2] not in PLY_PRESETS or tok[3] != str(FORMAT_VERSION):
                 raise InputError(f"{header.path}: unsupported codec marker {text!r}")
             marker = True
             continue
@@ -256,7 +259,7 @@ def _checksum_line(header: PlyHeader) -> tuple[int, int, str]:
     if len(markers) == 1 and m[1:3] == [PRESET, "1"]:
         raise InputError(f"{path}: {PRESET} format version 1 (written by an older splatforge, without a checksum) "
                          f"is no longer read; {REENCODE} (splatforge compress)")
-    if len(markers) != 1 or m[1:3] != [PRESET, str(FORMAT_VERSION)]:
+    if len(markers) != 1 or len(m) < 3 or m[1] not in PLY_PRESETS or m[2] != str(FORMAT_VERSION):
         raise InputError(f"{path}: unsupported codec marker {' '.join(m)!r} (this reader: {PRESET} {FORMAT_VERSION}); "
                          f"{REENCODE}")
     found, off = [], 0
@@ -394,6 +397,8 @@ def encode_ply(
     keep_required: bool = True,
     header: PlyHeader | None = None,
     data: np.ndarray | None = None,
+    preset: str = PRESET,
+    required: tuple[str, ...] = REQUIRED_PROPERTIES,
 ) -> EncodeResult:
     """Write the ``qat-3dgs`` PLY of ``in_ply`` to ``out_ply`` and verify it bit for bit.
 
@@ -402,6 +407,9 @@ def encode_ply(
     is bit-identical, NaN and -0.0 included; the decode checks the header's SHA-256 line,
     filled in after the body is written). Only if they match is it renamed onto
     ``out_ply``; otherwise it is deleted and :class:`RoundTripError` is raised.
+
+    ``preset`` is the name the marker comment records (one of :data:`PLY_PRESETS`);
+    ``required`` the columns kept even when constant (with ``keep_required``).
 
     Raises :class:`InputError` for bad input (see :func:`.layout.read_body`) and for a
     file that is already a ``qat-3dgs`` output.
@@ -418,11 +426,11 @@ def encode_ply(
     verts = body.vertices
     consts = constant_columns(verts)
     if keep_required:
-        consts = {k: v for k, v in consts.items() if k not in REQUIRED_PROPERTIES}
+        consts = {k: v for k, v in consts.items() if k not in required}
     if verts.dtype.names and len(consts) == len(verts.dtype.names):
         # keep one column so the vertex element keeps a record (and its count) readable
         consts.pop(verts.dtype.names[0])
-    new_header = build_header(header, body.vertex_index, consts)
+    new_header = build_header(header, body.vertex_index, consts, preset)
     keep_names = [n for n in verts.dtype.names if n not in consts]
     n = verts.shape[0]
     words, w = as_words(verts)
@@ -463,7 +471,7 @@ def encode_ply(
         size_out = os.path.getsize(tmp)
         if not parts_equal(decode_ply_parts(tmp, check_digest=False), data):
             raise RoundTripError(
-                f"{in_ply}: self-check failed: decoding the {PRESET} output did not reproduce the "
+                f"{in_ply}: self-check failed: decoding the {preset} output did not reproduce the "
                 "source bit for bit; the output was deleted"
             )
     hexes, values = constants_report(verts, consts)
@@ -478,3 +486,22 @@ def encode_preset(
     """The ``qat-3dgs`` encoder of the preset registry (:mod:`.presets`): :func:`encode_ply` with
     ``opts.keep_required`` (``opts``: :class:`~splatforge_core.codec.CodecOptions`); no extra report fields."""
     return encode_ply(in_ply, out_path, keep_required=opts.keep_required, header=header, data=data), {}
+
+
+#: Columns ``qat-scaffold`` keeps even when constant: the anchor positions, so the file stays a point cloud.
+SCAFFOLD_REQUIRED = ("x", "y", "z")
+
+
+def encode_scaffold_preset(
+    in_ply: str | os.PathLike, out_path: str | os.PathLike, opts: Any, *,
+    header: PlyHeader | None = None, data: np.ndarray | None = None,
+) -> tuple[EncodeResult, dict[str, Any]]:
+    """The ``qat-scaffold`` encoder: :func:`encode_ply` on a Scaffold-GS anchor PLY.
+
+    Scaffold-GS never trains the normals (zeros), ``opacity`` or ``rot_*`` of its anchors, so
+    those 8 columns are constant and move to header comments; only ``x y z`` are always kept
+    (``opts.keep_required``). The layout is checked by the registry's ``validate``
+    (:func:`splatforge_core.scaffold.layout.validate_anchor_header`).
+    """
+    return encode_ply(in_ply, out_path, keep_required=opts.keep_required, header=header, data=data,
+                      preset="qat-scaffold", required=SCAFFOLD_REQUIRED), {}

@@ -19,7 +19,9 @@ from typing import Any, Callable
 
 from ..errors import InputError
 from . import entropy, lossless, qat_bundle, quantised
+from ..scaffold.layout import validate_anchor_header
 from .container import container_codec, is_container
+from .layout import CODEC_COMMENT, parse_header
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class Preset:
             images), not a PLY: :func:`~splatforge_core.codec.main` validates and extracts it and
             calls ``encode(bundle.ply, out_path, opts, *, header, data, bundle)`` with the
             :class:`.bundle.Bundle`; the workflow packs one (rule ``bundle``) as the input.
+        validate: ``validate(header)`` checks the input's layout before encoding (raises
+            :class:`InputError` naming the file); None: the 3DGS layout
+            (:func:`.layout.validate_3dgs`).
     """
 
     name: str
@@ -63,6 +68,7 @@ class Preset:
     options: tuple[str, ...] = ()
     check: Callable[..., Any] | None = None
     needs_bundle: bool = False
+    validate: Callable[..., Any] | None = None
 
     @property
     def container(self) -> bool:
@@ -90,13 +96,17 @@ PRESETS: dict[str, Preset] = {
                "a valid PLY",
                qat_bundle.encode_preset, qat_bundle.decode_parts,
                ("sh_bits", "finetune_iters", "finetune_max_side", "keep_required"), qat_bundle.check, needs_bundle=True),
+        Preset("qat-scaffold", True, ".ply",
+               "lossless on Scaffold-GS anchor PLYs; constant columns (normals, opacity, rot) move to header comments",
+               lossless.encode_scaffold_preset, lossless.decode_ply_parts, ("keep_required",),
+               validate=validate_anchor_header),
     )
 }
 
 #: Presets named in the roadmap but not implemented yet (rejected with this reason).
 PLANNED: dict[str, str] = {
     "qat-int8": "int8 quantisation-aware finetuning is the preset qat-3dgs-bundle (it needs a bundle: splat + cameras + images)",
-    "scaffold": "Scaffold-GS anchor PLYs (a later issue)",
+    "qat-bundle": "the Scaffold-GS QAT bundle with int8 anchor features (a later step of issue #15)",
 }
 
 #: PLY-output presets are told apart by the ``splatforge_codec`` comment of the header; the first
@@ -121,9 +131,9 @@ def get_preset(preset: str) -> Preset:
 
 
 def preset_for_file(path: str | os.PathLike) -> Preset:
-    """The preset that wrote ``path``: a container's ``codec`` key, else the PLY-output preset named
-    by the header's ``splatforge_codec`` comment, else ``qat-3dgs`` (whose decoder rejects a PLY
-    without its header comment).
+    """The preset that wrote ``path``: a container's ``codec`` key, else the PLY-output preset
+    its ``splatforge_codec`` header comment names (none: ``qat-3dgs``, whose decoder rejects a
+    PLY without its header comment).
 
     Raises:
         InputError: a container whose codec no preset of the registry has.
@@ -135,16 +145,12 @@ def preset_for_file(path: str | os.PathLike) -> Preset:
         if p is None or not p.container:
             raise InputError(f"{path}: unknown codec {codec!r} in container")
         return p
-    from .layout import CODEC_COMMENT, parse_header
-
     try:
         comments = parse_header(path).comments
     except InputError:
-        return _PLY_PRESETS[0]  # its decoder names the problem
+        comments = []
     for c in comments:
         tok = c.split()
-        if tok[:1] == [CODEC_COMMENT] and len(tok) > 1:
-            p = PRESETS.get(tok[1])
-            if p is not None and not p.container:
-                return p
-    return _PLY_PRESETS[0]
+        if tok[:1] == [CODEC_COMMENT] and len(tok) > 1 and tok[1] in PRESETS and not PRESETS[tok[1]].container:
+            return PRESETS[tok[1]]
+    return PRESETS[lossless.PRESET]

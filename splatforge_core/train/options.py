@@ -18,6 +18,8 @@ __all__ = ["TrainOptions", "STRATEGY_NAMES"]
 
 #: Training strategies (``strategy`` option); each has an entry in :data:`.strategy.STRATEGIES`.
 STRATEGY_NAMES = ("default", "mcmc")
+#: Model families (``model`` option): vanilla 3D Gaussians or Scaffold-GS.
+MODEL_NAMES = ("3dgs", "scaffold")
 
 
 @dataclass
@@ -84,6 +86,10 @@ class TrainOptions:
         torch's own default (the machine's cores). The workflow passes the rule's ``threads``.
     background: "black", "white" or "random" (random colour behind the render each step,
         black at evaluation).
+    model: "3dgs" (default; this trainer) or "scaffold" (Scaffold-GS anchors + MLPs,
+        :mod:`splatforge_core.scaffold.trainer`; uses iterations/cpu_iterations, max_side/cpu_max_side,
+        the eval, checkpoint, seed, device, thread, background and progress options; the
+        3DGS-specific ones are ignored). The workflow still gets an Inria PLY (baked).
     progress: show a tqdm progress bar (loss, PSNR, Gaussian count). log_every: history
         sampling interval in steps (10).
     """
@@ -133,6 +139,7 @@ class TrainOptions:
     background: str = "black"
     progress: bool = True
     log_every: int = field(default=10, metadata={"min": 1})
+    model: str = "3dgs"
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainOptions":
@@ -185,6 +192,8 @@ class TrainOptions:
             raise InputError(f"train option 'ssim_lambda' must be in [0, 1], got {self.ssim_lambda!r}")
         if self.strategy not in STRATEGY_NAMES:
             raise InputError(f"train option 'strategy' must be one of {list(STRATEGY_NAMES)}, got {self.strategy!r}")
+        if self.model not in MODEL_NAMES:
+            raise InputError(f"train option 'model' must be one of {list(MODEL_NAMES)}, got {self.model!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"train option 'device' must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.background not in ("black", "white", "random"):

@@ -549,6 +549,10 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
     """
     opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
     opts.validate()
+    if opts.model == "scaffold":  # Scaffold-GS: its own trainer, same inputs and outputs (+ out_dir/scaffold/)
+        from ..scaffold.trainer import main as scaffold_main
+
+        return scaffold_main(aligned_dir, images_dir, views_path, out_dir, ply_path, opts)
     device = _resolve_device(opts.device)
     if opts.num_threads is not None:
         torch.set_num_threads(opts.num_threads)

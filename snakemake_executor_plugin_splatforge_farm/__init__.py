@@ -17,6 +17,7 @@ died, it reruns the incomplete job (``rerun-incomplete`` in ``profiles/lan``) an
 to the worker with the job's inputs, so training resumes from the last checkpoint received.
 """
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -71,12 +72,36 @@ common_settings = CommonSettings(
 _MAX_CORES = 4096
 
 
+class _ToSnakemakeLog(logging.Handler):
+    """The coordinator's log records (``splatforge.farm``, INFO and up) into Snakemake's log, so a
+    run shows which worker took which job, checkpoints received and workers lost or refused."""
+
+    def __init__(self, logger):
+        super().__init__(logging.INFO)
+        self.target = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.levelno >= logging.WARNING:  # the interface has info/error/debug only
+                self.target.error(f"{record.levelname}: {msg}")
+            else:
+                self.target.info(msg)
+        except Exception:
+            self.handleError(record)
+
+
 class Executor(RemoteExecutor):
     def __post_init__(self):
         s: ExecutorSettings = self.workflow.executor_settings
         if not s.keys:
             raise WorkflowError("splatforge-farm: --splatforge-farm-keys DIR is required (make it with `splatforge farm keys DIR`)")
         self.farm_rules = {r.strip() for r in s.farm_rules.split(",") if r.strip()}
+        farm_log = logging.getLogger("splatforge.farm")
+        if farm_log.getEffectiveLevel() > logging.INFO:
+            farm_log.setLevel(logging.INFO)
+        self._log_handler = _ToSnakemakeLog(self.logger)
+        farm_log.addHandler(self._log_handler)
         self.coordinator = Coordinator(os.getcwd(), s.keys, host=s.host, port=s.port,
                                        workflow_root=os.path.dirname(os.path.abspath(self.workflow.main_snakefile)),
                                        heartbeat_s=s.heartbeat, timeout_s=s.timeout, max_attempts=s.max_attempts,
@@ -153,3 +178,4 @@ class Executor(RemoteExecutor):
     def shutdown(self):
         super().shutdown()
         self.coordinator.stop()
+        logging.getLogger("splatforge.farm").removeHandler(self._log_handler)

@@ -8,6 +8,9 @@ it) and ``splatforge worker`` sub-processes with their own folders. Every wait i
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import json
 import logging
 import os
@@ -16,16 +19,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
+from splatforge_core.farm import archive, protocol
 from splatforge_core.farm import worker as farm_worker
+from splatforge_core.farm.coordinator import Coordinator
 from splatforge_core.farm.keys import make_keys
 from splatforge_core.train.synthetic import make_synthetic_scene
 
-from test_farm import Farm, free_port, wait_for
+from test_farm import Farm, _file, _special, _tar, client, free_port, hello, recv, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +57,7 @@ rule train:
 
 #: Few Gaussians and small images, many steps with a checkpoint every 10 steps: the run lasts long
 #: enough to be killed after the first checkpoint came back, and a resumed run has steps left.
-TRAIN_CONFIG = {"train": {"iterations": 600, "checkpoint_every": 10, "keep_checkpoints": 2, "eval_steps": [],
+TRAIN_CONFIG = {"train": {"iterations": 60, "checkpoint_every": 10, "keep_checkpoints": 2, "eval_steps": [],
                           "progress": False, "sky_points": 0}}
 
 
@@ -102,7 +108,7 @@ def test_killed_coordinator_restarted_resumes_training_from_the_checkpoint_the_w
     m = re.search(r"resumed from checkpoint \S+ at step (\d+) of (\d+)", train_log)
     assert m, train_log[-3000:]
     step = int(m.group(1))
-    assert 0 < step < 600 and step >= got[-1]  # from a checkpoint sent back at or after the one seen at the kill
+    assert 0 < step < 60 and step >= got[-1]  # from a checkpoint sent back at or after the one seen at the kill
     metrics = json.loads((tmp_path / "work/scene/splat/metrics.json").read_text())
     assert metrics["resumed_from"] == [step]
     assert (tmp_path / "work/scene/splat/splat.ply").stat().st_size > 1000
@@ -166,3 +172,126 @@ def test_bad_slot_options_are_refused_with_a_clear_message(gpus, slots, words):
 
     with pytest.raises(InputError, match=words):
         farm_worker.slot_capacities(gpus, slots, 2)
+
+
+# -- checkpoint messages (a hostile or honest worker written here) ----------------------------------
+
+CKPT = "work/ckpt/a"
+
+
+def _ckpt_spec(farm: Farm):
+    return dataclasses.replace(farm.spec("a"), checkpoints=CKPT)
+
+
+def _take_offer(s) -> tuple[dict, bytes]:
+    offer = recv(s, 10)
+    assert offer and offer[0]["type"] == "offer"
+    h = offer[0]
+    data = b"".join(recv(s, 10)[1] for _ in range(h["nchunks"]))
+    return h, data
+
+
+def _send_checkpoint(s, h: dict, data: bytes, files: list[str]) -> None:
+    s.send_multipart(protocol.encode("checkpoint", job=h["job"], attempt=h["attempt"], files=files, size=len(data),
+                                     nchunks=archive.n_chunks(len(data)), sha256=hashlib.sha256(data).hexdigest()))
+    for seq in range(archive.n_chunks(len(data))):
+        piece = data[seq * protocol.CHUNK_BYTES:(seq + 1) * protocol.CHUNK_BYTES]
+        s.send_multipart(protocol.encode("chunk", piece, job=h["job"], attempt=h["attempt"], seq=seq,
+                                         sha256=hashlib.sha256(piece).hexdigest()))
+
+
+def _joined(farm: Farm):
+    s = client(farm)
+    hello(s)
+    assert recv(s, 5)[0]["type"] == "welcome"
+    return s
+
+
+@pytest.mark.hostile(cls="farm", expect="correct")
+def test_checkpoints_sent_back_are_mirrored_and_a_restarted_coordinator_ships_them_with_the_job(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="splatforge")
+    farm = Farm(tmp_path)
+    try:
+        s = _joined(farm)
+        farm.coord.submit(_ckpt_spec(farm))
+        h, _ = _take_offer(s)
+        assert h["checkpoints"] == CKPT and h["checkpoint_s"] > 0
+        _send_checkpoint(s, h, _tar([_file(f"{CKPT}/ckpt_0000010.pt", b"ten")]), ["ckpt_0000010.pt"])
+        dest = farm.wf / CKPT
+        wait_for(lambda: (dest / "ckpt_0000010.pt").is_file(), 10, "the first checkpoint installed")
+        _send_checkpoint(s, h, _tar([_file(f"{CKPT}/ckpt_0000020.pt", b"twenty")]), ["ckpt_0000020.pt"])
+        wait_for(lambda: archive.top_files(dest) == ["ckpt_0000020.pt"], 10, "the folder mirrored (step 10 pruned)")
+        assert (dest / "ckpt_0000020.pt").read_bytes() == b"twenty"
+        assert farm.coord.state(h["job"])[0] == "running" and farm.coord.stats["checkpoints"] == 2
+        s.close()
+        farm.coord.stop()  # the coordinator dies; a new one (the rerun) takes the same job
+        farm.coord = Coordinator(farm.wf, farm.keys, host="127.0.0.1", heartbeat_s=0.5, timeout_s=4.0, beacon_port=None)
+        farm.port = farm.coord.start()
+        s2 = _joined(farm)
+        farm.coord.submit(_ckpt_spec(farm))
+        h2, data = _take_offer(s2)
+        with tarfile.open(fileobj=io.BytesIO(data)) as t:
+            members = {m.name: m for m in t.getmembers()}
+            assert f"{CKPT}/ckpt_0000020.pt" in members
+            assert t.extractfile(members[f"{CKPT}/ckpt_0000020.pt"]).read() == b"twenty"
+        assert "shipping checkpoint(s) ckpt_0000020.pt" in caplog.text
+        s2.close()
+    finally:
+        farm.close()
+
+
+HOSTILE_CKPT = {
+    "outside_folder": (lambda: _tar([_file("work/in/a.txt", b"overwritten")]), ["a.txt"], "not the announced checkpoint files"),
+    "sub_folder": (lambda: _tar([_file(f"{CKPT}/sub/ckpt_0000010.pt", b"x")]), ["sub/ckpt_0000010.pt"],
+                   "not the announced checkpoint files"),
+    "dotdot": (lambda: _tar([_file(f"{CKPT}/../../../escape.txt", b"x")]), ["ckpt_0000010.pt"], "'..'"),
+    "symlink": (lambda: _tar([_special(f"{CKPT}/ckpt_0000010.pt", tarfile.SYMTYPE, "/etc/passwd")]), ["ckpt_0000010.pt"],
+                "is a link"),
+    "unannounced_file": (lambda: _tar([_file(f"{CKPT}/ckpt_0000010.pt", b"x"), _file(f"{CKPT}/evil.pt", b"x")]),
+                         ["ckpt_0000010.pt"], "not the announced checkpoint files"),
+    "empty": (lambda: _tar([]), [], "not the announced checkpoint files"),
+}
+
+
+@pytest.mark.hostile(cls="farm", expect="clear_error")
+@pytest.mark.parametrize("case", sorted(HOSTILE_CKPT))
+def test_hostile_checkpoint_archive_is_refused_and_the_job_offered_again(tmp_path, caplog, case):
+    caplog.set_level(logging.INFO, logger="splatforge")
+    farm = Farm(tmp_path)
+    try:
+        (farm.wf / CKPT).mkdir(parents=True)
+        (farm.wf / CKPT / "ckpt_0000005.pt").write_bytes(b"five")
+        s = _joined(farm)
+        farm.coord.submit(_ckpt_spec(farm))
+        h, _ = _take_offer(s)
+        make, files, reason = HOSTILE_CKPT[case]
+        _send_checkpoint(s, h, make(), files)
+        wait_for(lambda: farm.coord.state(h["job"])[0] != "running", 10, "the refusal")
+        state, message = farm.coord.state(h["job"])
+        assert state == "queued" and "checkpoint" in message and reason in message
+        assert f"result of job {h['job']}" in caplog.text and reason in caplog.text and farm.peers() == []
+        assert archive.top_files(farm.wf / CKPT) == ["ckpt_0000005.pt"]  # the folder as it was
+        assert (farm.wf / "work/in/a.txt").read_text() == "input a\n"
+        for p in (tmp_path / "escape.txt", farm.wf / "escape.txt", farm.wf / "work" / "escape.txt"):
+            assert not p.exists(), p
+        s.close()
+    finally:
+        farm.close()
+
+
+@pytest.mark.hostile(cls="farm", expect="clear_error")
+def test_checkpoint_for_a_job_without_a_checkpoint_folder_is_refused(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="splatforge")
+    farm = Farm(tmp_path)
+    try:
+        s = _joined(farm)
+        farm.coord.submit(farm.spec("a"))
+        h, _ = _take_offer(s)
+        assert h["checkpoints"] == ""
+        _send_checkpoint(s, h, _tar([_file("ckpt_0000010.pt", b"x")]), ["ckpt_0000010.pt"])
+        wait_for(lambda: farm.coord.state(h["job"])[0] != "running", 10, "the refusal")
+        assert "without a checkpoint folder" in farm.coord.state(h["job"])[1]
+        assert not (farm.wf / "ckpt_0000010.pt").exists()
+        s.close()
+    finally:
+        farm.close()

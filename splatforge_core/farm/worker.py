@@ -295,7 +295,11 @@ class Worker:
         logf = open(job["folder"] / "snakemake.log", "wb")
         job["proc"] = subprocess.Popen(cmd, cwd=run, stdout=logf, stderr=subprocess.STDOUT, env=env)
         job["logf"] = logf
-        job["ckpt_sig"], job["ckpt_t"] = None, time.monotonic()
+        try:  # checkpoints shipped with the job (a resumed run) are not sent back unchanged
+            job["ckpt_sig"] = _signature(run / h["checkpoints"]) if h["checkpoints"] else None
+        except OSError:
+            job["ckpt_sig"] = None
+        job["ckpt_t"] = time.monotonic()
         log.info("worker %s: job %s running%s: %s", self.name, h["job"],
                  "".join(f" {k}={v}" for k, v in self.env.items()), " ".join(cmd[3:]))
 
@@ -326,8 +330,8 @@ class Worker:
         job["ckpt_t"] = now
         folder = job["folder"] / "run" / h["checkpoints"]
         try:
-            names = archive.top_files(folder)
-            sig = [(n, (st := (folder / n).stat()).st_size, st.st_mtime_ns) for n in names]
+            sig = _signature(folder)
+            names = [n for n, _, _ in sig]
             if not names or sig == job["ckpt_sig"]:
                 return
             tar = job["folder"] / "checkpoint.tar"
@@ -381,6 +385,11 @@ class Worker:
             job["logf"].close()
         shutil.rmtree(job["folder"], ignore_errors=True)
         log.warning("worker %s: job %s abandoned (%s)", self.name, job["header"]["job"], why)
+
+
+def _signature(folder: Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime ns) of the files of a checkpoint folder (see archive.top_files)."""
+    return [(n, (st := (folder / n).stat()).st_size, st.st_mtime_ns) for n in archive.top_files(folder)]
 
 
 class _Stopped(Exception):

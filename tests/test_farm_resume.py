@@ -31,7 +31,9 @@ from splatforge_core.farm.coordinator import Coordinator
 from splatforge_core.farm.keys import make_keys
 from splatforge_core.train.synthetic import make_synthetic_scene
 
-from test_farm import Farm, _file, _special, _tar, client, free_port, hello, recv, wait_for
+from test_farm import Farm, _file, _special, _tar, client, farm_logs_through_logging, free_port, hello, recv, wait_for
+
+__all__ = ["farm_logs_through_logging"]  # the autouse fixture applies here too
 
 REPO = Path(__file__).resolve().parent.parent
 

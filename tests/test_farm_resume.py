@@ -124,17 +124,21 @@ ENV_SNAKEFILE = """
 rule slow:
     input: "work/in/{name}.txt"
     output: "work/out/{name}.txt"
-    shell: "sleep {config[sleep]}; echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES > {output}"
+    shell: "sleep {config[sleep]}; echo CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES-unset}} > {output}"
 """
 
 
 @pytest.mark.slow
-def test_worker_with_two_gpu_slots_runs_two_jobs_at_once_each_on_its_own_device(tmp_path):
+@pytest.mark.parametrize("option,slots,devices", [
+    (["--gpus", "0,1"], ["w1/gpu0", "w1/gpu1"], {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}),
+    (["--slots", "2"], ["w1/s0", "w1/s1"], {"CUDA_VISIBLE_DEVICES=" + os.environ.get("CUDA_VISIBLE_DEVICES", "unset")}),
+], ids=["gpus", "cpu_slots"])
+def test_worker_with_two_slots_runs_two_jobs_at_once_each_on_its_own_device(tmp_path, option, slots, devices):
     f = Farm(tmp_path)
     try:
         (f.wf / "Snakefile").write_text(ENV_SNAKEFILE)  # the coordinator ships the Snakefile as it is at offer time
-        f.worker("w1", "--gpus", "0,1")
-        wait_for(lambda: sorted(f.peers()) == ["w1/gpu0", "w1/gpu1"], 60, "two slots of worker w1")
+        f.worker("w1", *option)
+        wait_for(lambda: sorted(f.peers()) == slots, 60, "two slots of worker w1")
         ids = [f.coord.submit(f.spec(n, sleep=4)) for n in "ab"]
         both = wait_for(lambda: sum(j["state"] == "running" and j["worker"] is not None for j in f.coord.status()["jobs"]) == 2,
                         30, "both jobs running at once")
@@ -143,14 +147,14 @@ def test_worker_with_two_gpu_slots_runs_two_jobs_at_once_each_on_its_own_device(
             wait_for(lambda: f.coord.state(jid)[0] in ("done", "failed"), 90, f"job {jid}")
             assert f.coord.state(jid)[0] == "done", f.coord.state(jid)
         seen = {(f.wf / f"work/out/{n}.txt").read_text().strip() for n in "ab"}
-        assert seen == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}
+        assert seen == devices  # CPU slots leave the variable as the worker got it
         workers = {f.coord.state(jid)[1] for jid in ids}
-        assert workers == {"worker 'w1/gpu0'", "worker 'w1/gpu1'"}
+        assert workers == {f"worker {s!r}" for s in slots}
         time.sleep(1.2)  # the status file is rewritten every second
         out = subprocess.run([sys.executable, "-m", "splatforge_core.cli", "farm", "status", "--dir", str(f.wf)],
                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert "w1/gpu0" in out.stdout and "w1/gpu1" in out.stdout
+        assert all(s in out.stdout for s in slots)
     finally:
         f.close()
 

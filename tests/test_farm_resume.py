@@ -301,3 +301,11 @@ def test_checkpoint_for_a_job_without_a_checkpoint_folder_is_refused(tmp_path, c
         s.close()
     finally:
         farm.close()
+
+
+def test_auto_detected_slots_follow_the_workers_own_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert [(s[0], s[2]) for s in farm_worker.slot_capacities(None, None, 2)] == [
+        ("gpu3", {"CUDA_VISIBLE_DEVICES": "3"}), ("gpu5", {"CUDA_VISIBLE_DEVICES": "5"})]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU given to this worker: one CPU slot
+    assert [(s[0], s[2]) for s in farm_worker.slot_capacities(None, None, 2)] == [("", {})]

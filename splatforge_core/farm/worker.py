@@ -80,8 +80,9 @@ def slot_capacities(gpus: list[str] | None, slots: int | None, cores: int | None
     """The job slots of this machine: (name suffix, capacity, environment of its jobs) each.
 
     Args:
-        gpus: GPU indices (``--gpus``; ``CUDA_VISIBLE_DEVICES`` of each slot's jobs), None: auto-detect
-            when ``slots`` is None too.
+        gpus: GPU indices (``--gpus``; ``CUDA_VISIBLE_DEVICES`` of each slot's jobs), None: when
+            ``slots`` is None too, the worker's own ``CUDA_VISIBLE_DEVICES`` entries if it is set
+            (the GPUs it was given), else every GPU detected.
         slots: number of CPU slots (``--slots``); with ``gpus`` it must equal their count.
         cores: cores of the whole machine offered (default: the CPUs this process may use),
             shared out evenly (at least 1 per slot).
@@ -93,7 +94,11 @@ def slot_capacities(gpus: list[str] | None, slots: int | None, cores: int | None
         raise InputError(f"splatforge worker: --slots {slots}: give at least 1")
     found = {idx: (name, mem) for idx, name, mem in (detect_gpus() if gpus or slots is None else [])}
     if gpus is None and slots is None:
-        gpus = sorted(found, key=lambda i: (len(i), i)) or None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:  # torch numbers the visible GPUs from 0; a job's variable must name the real one
+            gpus = [g.strip() for g in visible.split(",") if g.strip()] or None
+        else:
+            gpus = sorted(found, key=lambda i: (len(i), i)) or None
     if gpus is not None:
         if not gpus or any(not g or "," in g for g in gpus) or len(set(gpus)) != len(gpus):
             raise InputError(f"splatforge worker: --gpus {','.join(gpus)}: give distinct GPU indices like 0,1")

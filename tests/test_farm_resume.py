@@ -59,7 +59,7 @@ rule train:
 
 #: Few Gaussians and small images, many steps with a checkpoint every 10 steps: the run lasts long
 #: enough to be killed after the first checkpoint came back, and a resumed run has steps left.
-TRAIN_CONFIG = {"train": {"iterations": 60, "checkpoint_every": 10, "keep_checkpoints": 2, "eval_steps": [],
+TRAIN_CONFIG = {"train": {"iterations": 120, "checkpoint_every": 10, "keep_checkpoints": 2, "eval_steps": [],
                           "progress": False, "sky_points": 0}}
 
 
@@ -110,7 +110,7 @@ def test_killed_coordinator_restarted_resumes_training_from_the_checkpoint_the_w
     m = re.search(r"resumed from checkpoint \S+ at step (\d+) of (\d+)", train_log)
     assert m, train_log[-3000:]
     step = int(m.group(1))
-    assert 0 < step < 60 and step >= got[-1]  # from a checkpoint sent back at or after the one seen at the kill
+    assert 0 < step < 120 and step == got[-1]  # the newest checkpoint the dead coordinator had received
     metrics = json.loads((tmp_path / "work/scene/splat/metrics.json").read_text())
     assert metrics["resumed_from"] == [step]
     assert (tmp_path / "work/scene/splat/splat.ply").stat().st_size > 1000
@@ -225,10 +225,13 @@ def test_checkpoints_sent_back_are_mirrored_and_a_restarted_coordinator_ships_th
         _send_checkpoint(s, h, _tar([_file(f"{CKPT}/ckpt_0000010.pt", b"ten")]), ["ckpt_0000010.pt"])
         dest = farm.wf / CKPT
         wait_for(lambda: (dest / "ckpt_0000010.pt").is_file(), 10, "the first checkpoint installed")
-        _send_checkpoint(s, h, _tar([_file(f"{CKPT}/ckpt_0000020.pt", b"twenty")]), ["ckpt_0000020.pt"])
-        wait_for(lambda: archive.top_files(dest) == ["ckpt_0000020.pt"], 10, "the folder mirrored (step 10 pruned)")
+        # only the new file travels; the names say what the folder holds
+        _send_checkpoint(s, h, _tar([_file(f"{CKPT}/ckpt_0000020.pt", b"twenty")]), ["ckpt_0000010.pt", "ckpt_0000020.pt"])
+        wait_for(lambda: archive.top_files(dest) == ["ckpt_0000010.pt", "ckpt_0000020.pt"], 10, "the second checkpoint")
+        _send_checkpoint(s, h, _tar([_file(f"{CKPT}/ckpt_0000030.pt", b"thirty")]), ["ckpt_0000020.pt", "ckpt_0000030.pt"])
+        wait_for(lambda: archive.top_files(dest) == ["ckpt_0000020.pt", "ckpt_0000030.pt"], 10, "step 10 pruned")
         assert (dest / "ckpt_0000020.pt").read_bytes() == b"twenty"
-        assert farm.coord.state(h["job"])[0] == "running" and farm.coord.stats["checkpoints"] == 2
+        assert farm.coord.state(h["job"])[0] == "running" and farm.coord.stats["checkpoints"] == 3
         s.close()
         farm.coord.stop()  # the coordinator dies; a new one (the rerun) takes the same job
         farm.coord = Coordinator(farm.wf, farm.keys, host="127.0.0.1", heartbeat_s=0.5, timeout_s=4.0, beacon_port=None)
@@ -238,9 +241,9 @@ def test_checkpoints_sent_back_are_mirrored_and_a_restarted_coordinator_ships_th
         h2, data = _take_offer(s2)
         with tarfile.open(fileobj=io.BytesIO(data)) as t:
             members = {m.name: m for m in t.getmembers()}
-            assert f"{CKPT}/ckpt_0000020.pt" in members
-            assert t.extractfile(members[f"{CKPT}/ckpt_0000020.pt"]).read() == b"twenty"
-        assert "shipping checkpoint(s) ckpt_0000020.pt" in caplog.text
+            assert {n for n in members if n.startswith(CKPT)} == {f"{CKPT}/ckpt_0000020.pt", f"{CKPT}/ckpt_0000030.pt"}
+            assert t.extractfile(members[f"{CKPT}/ckpt_0000030.pt"]).read() == b"thirty"
+        assert "shipping checkpoint(s) ckpt_0000020.pt, ckpt_0000030.pt" in caplog.text
         s2.close()
     finally:
         farm.close()

@@ -14,10 +14,11 @@ Checkpoints (resuming after a coordinator restart): a job may name a checkpoint 
 (:attr:`JobSpec.checkpoints`, relative to the working directory; the executor plugin uses the
 folder ``checkpoints/`` beside the job's first output, where the trainer keeps its
 ``ckpt_*.pt``). While the job runs, the worker sends that folder's files back every
-``checkpoint_s`` seconds when they changed (``checkpoint`` message, chunks with sha256 like a
-result, the same safe extraction; members must be files directly in that folder); the coordinator
-moves each file into the folder with an atomic rename, then removes the files the new set no longer
-has, so the folder always holds complete checkpoints. When the job is offered again (a restarted
+``checkpoint_s`` seconds when they changed (``checkpoint`` message: the names the folder holds
+now, and an archive of those that are new or changed, chunks with sha256 like a result, the same
+safe extraction; members must be announced files directly in that folder); the coordinator moves
+each received file into the folder with an atomic rename, then removes the files no longer
+named, so the folder always holds complete checkpoints. When the job is offered again (a restarted
 Snakemake reruns the incomplete job, or another worker takes over) the folder's files go with its
 inputs, and the trainer resumes from them (it checks their input fingerprint itself).
 """
@@ -539,10 +540,10 @@ class Coordinator:
         shutil.rmtree(out, ignore_errors=True)
         try:
             names = archive.safe_extract(tar, out, self.max_members, self.max_bytes)
-            want = sorted(f"{rel}/{n}" for n in job.checkpoint["files"])
-            if not want or names != want or any("/" in n or n.startswith(".") for n in job.checkpoint["files"]):
+            want = {f"{rel}/{n}" for n in job.checkpoint["files"]}
+            if not names or not set(names) <= want or any("/" in n or n.startswith(".") for n in job.checkpoint["files"]):
                 raise archive.ArchiveError(f"{tar}: members {names[:5]} are not the announced checkpoint files "
-                                           f"{want[:5]} directly in {rel}/")
+                                           f"{sorted(want)[:5]} directly in {rel}/")
         except archive.ArchiveError as e:
             self._refuse_result(sock, peer, job, f"checkpoint: {e}")
             return
@@ -551,15 +552,16 @@ class Coordinator:
         dest = self.workdir / rel
         dest.mkdir(parents=True, exist_ok=True)
         files = job.checkpoint["files"]
-        for name in files:
+        received = [n.rsplit("/", 1)[1] for n in names]
+        for name in received:
             os.replace(out / rel / name, dest / name)
         for name in archive.top_files(dest):
             if name not in files:
                 (dest / name).unlink(missing_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         self.stats["checkpoints"] += 1
-        log.info("farm: job %s (%s): checkpoint %s from worker %r installed in %s", job.id, job.spec.rule,
-                 ", ".join(files), peer.name, dest)
+        log.info("farm: job %s (%s): checkpoint %s from worker %r installed in %s (it holds %s)", job.id, job.spec.rule,
+                 ", ".join(received), peer.name, dest, ", ".join(archive.top_files(dest)))
 
     def _refuse_result(self, sock, peer: _Peer, job: _Job, why: str) -> None:
         log.warning("farm: result of job %s (%s) attempt %d from worker %r refused: %s; worker dropped", job.id,

@@ -14,8 +14,9 @@ plain ``NAME`` for a single slot), with its own capacity (that GPU's model and m
 the machine's cores shared out between the slots), so ``splatforge farm status`` lists slots.
 
 Checkpoints: while a job runs, the files of the checkpoint folder named in its offer (the
-trainer's ``checkpoints/``) are sent back every ``checkpoint_s`` seconds (from the offer) when
-their names, sizes or times changed, so a restarted coordinator can resume the job from them.
+trainer's ``checkpoints/``) that are new or changed (size or time) are sent back every
+``checkpoint_s`` seconds (from the offer), with the names the folder holds, so a restarted
+coordinator can resume the job from them.
 """
 
 from __future__ import annotations
@@ -337,10 +338,11 @@ class Worker:
         try:
             sig = _signature(folder)
             names = [n for n, _, _ in sig]
-            if not names or sig == job["ckpt_sig"]:
+            new = [n for n, size, mtime in sig if (n, size, mtime) not in (job["ckpt_sig"] or [])]
+            if not new:  # nothing new (files only removed: the coordinator learns it with the next new one)
                 return
             tar = job["folder"] / "checkpoint.tar"
-            size, sha = archive.pack(job["folder"] / "run", [f"{h['checkpoints'].rstrip('/')}/{n}" for n in names], tar)
+            size, sha = archive.pack(job["folder"] / "run", [f"{h['checkpoints'].rstrip('/')}/{n}" for n in new], tar)
         except (OSError, archive.ArchiveError) as e:  # a checkpoint pruned while packing: next time
             log.info("worker %s: job %s: checkpoint not sent this time (%s)", self.name, h["job"], e)
             return
@@ -350,7 +352,7 @@ class Worker:
             self._send("chunk", data, job=h["job"], attempt=h["attempt"], seq=seq, sha256=csha)
         tar.unlink()
         job["ckpt_sig"] = sig
-        log.info("worker %s: job %s: checkpoint %s sent (%d bytes)", self.name, h["job"], ", ".join(names), size)
+        log.info("worker %s: job %s: checkpoint %s sent (%d bytes)", self.name, h["job"], ", ".join(new), size)
 
     def _send_result(self, h: dict, folder: Path, ok: bool, rc: int, message: str, present: list[str]) -> None:
         tar = folder / "result.tar"

@@ -223,6 +223,11 @@ def main() -> None:
         "Transfer time: sending = packing done, chunks handed to ZeroMQ; receiving = result header to last chunk written",
         "and checked (sha256 per chunk and whole). Packing (tar of the inputs) is in the coordinator time, not the transfer.",
         "Each job costs a worker Snakemake start (a few seconds here), which keeps short jobs under the ideal ratio.",
+        "",
+        "Not benchmarked here, tested in `tests/test_farm_resume.py`: a coordinator killed (`kill -9` of Snakemake) after the",
+        "first checkpoint came back and restarted with the same command resumes training from that checkpoint (the",
+        "train log says `resumed from checkpoint ... at step N`, N > 0), and one worker with `--gpus 0,1` or `--slots 2` runs",
+        "two jobs at once, each with its own `CUDA_VISIBLE_DEVICES`.",
     ]
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -136,13 +136,90 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     load_before = os.getloadavg()
     t_start = time.strftime("%H:%M")
+    def report(rounds: int) -> None:
+        """Write the table of the runs done so far (after each round, so a run cut short leaves one)."""
+        load_after = os.getloadavg()
+        mk = {n: [r["makespan_s"] for r in v] for n, v in runs.items()}
+        ratios = [o / t for o, t in zip(mk[1], mk[2])]
+        coord_s = [o + i for o, i in zip(empty["offer_s"], empty["overhead_s"])]
+        first = min(empty["latency_s"])  # the 3 empty jobs run one after the other on one worker
+        mb = (big["bytes_in"] + big["bytes_out"]) / 2**20  # input and output archives each hold the file
+        shares = {n: " ".join("{" + ",".join(map(str, sorted(c))) + "}" for c in core_shares(n, cores)) for n in (1, 2, 3)}
+
+        def secs(xs):
+            return " / ".join(f"{x:.1f} s" for x in xs)
+
+        lines = [
+            "# LAN farm benchmark (issue #14)",
+            "",
+            f"`PYTHONPATH=. python benchmarks/bench_farm.py --sleep {a.sleep} --size-mb {a.size_mb} --repeat {a.repeat} "
+            f"--train-jobs {a.train_jobs} --train-iterations {a.train_iterations}` on {platform.node()} ({len(cores)} cores, "
+            f"shared with other work), loopback 127.0.0.1, CurveZMQ on, {time.strftime('%Y-%m-%d')} {t_start}-{time.strftime('%H:%M')} "
+            f"UTC ({rounds} of {a.repeat} rounds); load average (1/5/15 min) {' '.join(f'{x:.1f}' for x in load_before)} before, "
+            f"{' '.join(f'{x:.1f}' for x in load_after)} after.",
+            "",
+            f"Sleep jobs: 6 Snakemake jobs `sleep {a.sleep:.0f}; cp input output` run by `splatforge worker` processes (one job at a",
+            "time each, `--cores 1`), worker i pinned (`os.sched_setaffinity`) to its share of the cores: "
+            f"1 worker {shares[1]}, 2 workers {shares[2]}, 3 workers {shares[3]}.",
+            f"With {len(cores)} cores, 3 workers share cores: the jobs sleep, so what 3 workers measure is the farm's parallelism",
+            "and overheads (job starts competing for the cores), not compute scaling.",
+            f"Training jobs: {a.train_jobs} equal jobs of the train rule's script (`scripts/train.py`, 1 thread) on a synthetic scene",
+            f"of 16 views of 64 x 48 px, {a.train_iterations} steps each (CPU rasteriser), 1 worker pinned to core {cores[0]} vs 2 workers",
+            f"pinned to cores {cores[0]} and {cores[1 % len(cores)]}: the same per-job work, so the ideal ratio is 2x; each job includes",
+            "the worker's Snakemake start, imports and data loading (in the makespan, not in the trainer's own clock).",
+            "",
+            "| measure | value | target |",
+            "|---|---|---|",
+            f"| makespan, 6 sleep jobs, 1 worker (run 1 / 2 ...) | {secs(mk[1])} | |",
+            f"| makespan, 6 sleep jobs, 2 workers | {secs(mk[2])} | |",
+            f"| makespan, 6 sleep jobs, 3 workers | {secs(mk[3])} | |",
+            f"| speed-up 2 workers vs 1, per run | {' / '.join(f'{r:.2f}x' for r in ratios)} | >= 1.7x "
+            f"({'pass' if min(ratios) >= 1.7 else 'FAIL' if max(ratios) < 1.7 else 'mixed'}) |",
+            f"| speed-up 3 workers vs 1 (ideal 3x) | {mk[1][0] / mk[3][0]:.2f}x | |",
+        ]
+        if train:
+            tmk = {n: [r["makespan_s"] for r in v] for n, v in train.items()}
+            tr = [o / t for o, t in zip(tmk[1], tmk[2])]
+            per_job = {n: statistics.median([x for r in v for x in r["train_s"]]) for n, v in train.items()}
+            lines += [
+                f"| makespan, {a.train_jobs} tiny training jobs ({a.train_iterations} steps, 1 thread), 1 worker on 1 core | "
+                f"{secs(tmk[1])} | |",
+                f"| same, 2 workers on 1 core each | {secs(tmk[2])} | |",
+                f"| speed-up of training, 2 workers vs 1, per run | {' / '.join(f'{r:.2f}x' for r in tr)} | >= 1.7x "
+                f"({'pass' if min(tr) >= 1.7 else 'FAIL' if max(tr) < 1.7 else 'mixed'}) |",
+                f"| training seconds per job (trainer's own clock, median): 1 worker / 2 workers | "
+                f"{per_job[1]:.1f} s / {per_job[2]:.1f} s | |",
+            ]
+        lines += [
+            f"| coordinator time per job (pack + send offer, check + install result), median of 3 | "
+            f"{statistics.median(coord_s) * 1000:.0f} ms | < 2 s ({'pass' if statistics.median(coord_s) < 2 else 'FAIL'}) |",
+            f"| empty job, submit -> outputs installed (incl. the worker's Snakemake start): first / mean of 3 in a row | "
+            f"{first:.2f} s / {empty['makespan_s'] / 3:.2f} s | |",
+            f"| loopback transfer, {a.size_mb} MB file in and back out ({mb:.0f} MB of archives) | "
+            f"{mb / big['transfer_s']:.0f} MB/s over {big['transfer_s']:.2f} s | >= 100 MB/s "
+            f"({'pass' if mb / big['transfer_s'] >= 100 else 'FAIL'}) |",
+            f"| same job, submit -> installed; coordinator time (tar of the input, offer; check, install) | "
+            f"{big['latency_s'][0]:.1f} s; {big['offer_s'][0] + big['overhead_s'][0]:.2f} s | |",
+            "",
+            "Transfer time: sending = packing done, chunks handed to ZeroMQ; receiving = result header to last chunk written",
+            "and checked (sha256 per chunk and whole). Packing (tar of the inputs) is in the coordinator time, not the transfer.",
+            "Each job costs a worker Snakemake start (a few seconds here), which keeps short jobs under the ideal ratio.",
+            "",
+            "Not benchmarked here, tested in `tests/test_farm_resume.py`: a coordinator killed (`kill -9` of Snakemake) after the",
+            "first checkpoint came back and restarted with the same command resumes training from that checkpoint (the",
+            "train log says `resumed from checkpoint ... at step N`, N > 0), and one worker with `--gpus 0,1` or `--slots 2` runs",
+            "two jobs at once, each with its own `CUDA_VISIBLE_DEVICES`.",
+        ]
+        a.out.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         equal = {f"j{i}": a.sleep for i in range(6)}
         opts = {"iterations": a.train_iterations, "checkpoint_every": 10 ** 6, "eval_steps": [], "progress": False,
                 "sky_points": 0}
         tjobs = {f"t{i}": 0.0 for i in range(a.train_jobs)}
-        runs, train = {n: [] for n in (1, 2, 3)}, {}
+        runs, train, empty, big = {n: [] for n in (1, 2, 3)}, {}, {}, {}
         # rounds interleave the variants, so a run cut short still has each of them once
         for r in range(a.repeat):
             for n in ((1, 2, 3) if r == 0 else (1, 2)):
@@ -157,80 +234,7 @@ def main() -> None:
             if r == 0:
                 empty = run_farm(tmp / "empty", 1, {f"e{i}": 0.0 for i in range(3)})
                 big = run_farm(tmp / "big", 1, {"big": 0.0}, size=a.size_mb << 20)
-    load_after = os.getloadavg()
-    mk = {n: [r["makespan_s"] for r in v] for n, v in runs.items()}
-    ratios = [o / t for o, t in zip(mk[1], mk[2])]
-    coord_s = [o + i for o, i in zip(empty["offer_s"], empty["overhead_s"])]
-    first = min(empty["latency_s"])  # the 3 empty jobs run one after the other on one worker
-    mb = (big["bytes_in"] + big["bytes_out"]) / 2**20  # input and output archives each hold the file
-    shares = {n: " ".join("{" + ",".join(map(str, sorted(c))) + "}" for c in core_shares(n, cores)) for n in (1, 2, 3)}
-
-    def secs(xs):
-        return " / ".join(f"{x:.1f} s" for x in xs)
-
-    lines = [
-        "# LAN farm benchmark (issue #14)",
-        "",
-        f"`PYTHONPATH=. python benchmarks/bench_farm.py --sleep {a.sleep} --size-mb {a.size_mb} --repeat {a.repeat} "
-        f"--train-jobs {a.train_jobs} --train-iterations {a.train_iterations}` on {platform.node()} ({len(cores)} cores, "
-        f"shared with other work), loopback 127.0.0.1, CurveZMQ on, {time.strftime('%Y-%m-%d')} {t_start}-{time.strftime('%H:%M')} "
-        f"UTC; load average (1/5/15 min) {' '.join(f'{x:.1f}' for x in load_before)} before, "
-        f"{' '.join(f'{x:.1f}' for x in load_after)} after.",
-        "",
-        f"Sleep jobs: 6 Snakemake jobs `sleep {a.sleep:.0f}; cp input output` run by `splatforge worker` processes (one job at a",
-        "time each, `--cores 1`), worker i pinned (`os.sched_setaffinity`) to its share of the cores: "
-        f"1 worker {shares[1]}, 2 workers {shares[2]}, 3 workers {shares[3]}.",
-        f"With {len(cores)} cores, 3 workers share cores: the jobs sleep, so what 3 workers measure is the farm's parallelism",
-        "and overheads (job starts competing for the cores), not compute scaling.",
-        f"Training jobs: {a.train_jobs} equal jobs of the train rule's script (`scripts/train.py`, 1 thread) on a synthetic scene",
-        f"of 16 views of 64 x 48 px, {a.train_iterations} steps each (CPU rasteriser), 1 worker pinned to core {cores[0]} vs 2 workers",
-        f"pinned to cores {cores[0]} and {cores[1 % len(cores)]}: the same per-job work, so the ideal ratio is 2x; each job includes",
-        "the worker's Snakemake start, imports and data loading (in the makespan, not in the trainer's own clock).",
-        "",
-        "| measure | value | target |",
-        "|---|---|---|",
-        f"| makespan, 6 sleep jobs, 1 worker (run 1 / 2 ...) | {secs(mk[1])} | |",
-        f"| makespan, 6 sleep jobs, 2 workers | {secs(mk[2])} | |",
-        f"| makespan, 6 sleep jobs, 3 workers | {secs(mk[3])} | |",
-        f"| speed-up 2 workers vs 1, per run | {' / '.join(f'{r:.2f}x' for r in ratios)} | >= 1.7x "
-        f"({'pass' if min(ratios) >= 1.7 else 'FAIL' if max(ratios) < 1.7 else 'mixed'}) |",
-        f"| speed-up 3 workers vs 1 (ideal 3x) | {mk[1][0] / mk[3][0]:.2f}x | |",
-    ]
-    if train:
-        tmk = {n: [r["makespan_s"] for r in v] for n, v in train.items()}
-        tr = [o / t for o, t in zip(tmk[1], tmk[2])]
-        per_job = {n: statistics.median([x for r in v for x in r["train_s"]]) for n, v in train.items()}
-        lines += [
-            f"| makespan, {a.train_jobs} tiny training jobs ({a.train_iterations} steps, 1 thread), 1 worker on 1 core | "
-            f"{secs(tmk[1])} | |",
-            f"| same, 2 workers on 1 core each | {secs(tmk[2])} | |",
-            f"| speed-up of training, 2 workers vs 1, per run | {' / '.join(f'{r:.2f}x' for r in tr)} | >= 1.7x "
-            f"({'pass' if min(tr) >= 1.7 else 'FAIL' if max(tr) < 1.7 else 'mixed'}) |",
-            f"| training seconds per job (trainer's own clock, median): 1 worker / 2 workers | "
-            f"{per_job[1]:.1f} s / {per_job[2]:.1f} s | |",
-        ]
-    lines += [
-        f"| coordinator time per job (pack + send offer, check + install result), median of 3 | "
-        f"{statistics.median(coord_s) * 1000:.0f} ms | < 2 s ({'pass' if statistics.median(coord_s) < 2 else 'FAIL'}) |",
-        f"| empty job, submit -> outputs installed (incl. the worker's Snakemake start): first / mean of 3 in a row | "
-        f"{first:.2f} s / {empty['makespan_s'] / 3:.2f} s | |",
-        f"| loopback transfer, {a.size_mb} MB file in and back out ({mb:.0f} MB of archives) | "
-        f"{mb / big['transfer_s']:.0f} MB/s over {big['transfer_s']:.2f} s | >= 100 MB/s "
-        f"({'pass' if mb / big['transfer_s'] >= 100 else 'FAIL'}) |",
-        f"| same job, submit -> installed; coordinator time (tar of the input, offer; check, install) | "
-        f"{big['latency_s'][0]:.1f} s; {big['offer_s'][0] + big['overhead_s'][0]:.2f} s | |",
-        "",
-        "Transfer time: sending = packing done, chunks handed to ZeroMQ; receiving = result header to last chunk written",
-        "and checked (sha256 per chunk and whole). Packing (tar of the inputs) is in the coordinator time, not the transfer.",
-        "Each job costs a worker Snakemake start (a few seconds here), which keeps short jobs under the ideal ratio.",
-        "",
-        "Not benchmarked here, tested in `tests/test_farm_resume.py`: a coordinator killed (`kill -9` of Snakemake) after the",
-        "first checkpoint came back and restarted with the same command resumes training from that checkpoint (the",
-        "train log says `resumed from checkpoint ... at step N`, N > 0), and one worker with `--gpus 0,1` or `--slots 2` runs",
-        "two jobs at once, each with its own `CUDA_VISIBLE_DEVICES`.",
-    ]
-    a.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            report(r + 1)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,17 @@ Use it through ``profiles/lan`` (``snakemake --profile profiles/lan ...``), or
 ``--executor splatforge-farm --splatforge-farm-keys DIR``. Snakemake 9 has no command-line or
 profile switch for ``localrules`` (only the Snakefile's ``localrules:`` directive), so keeping the
 non-GPU rules local is done here: the executor runs them itself on the coordinator machine.
+
+Resuming: a farm job's checkpoint folder is ``checkpoints/`` beside its first declared output
+(``--splatforge-farm-checkpoints``, default ``{outdir}/checkpoints``: ``work/{scene}/splat/checkpoints``
+for ``train``, the folder the trainer saves ``ckpt_*.pt`` in; empty: none). The worker sends it back
+every ``--splatforge-farm-checkpoint-interval`` seconds when it changed and the coordinator keeps it
+in this working directory; when Snakemake is restarted with the same command after the coordinator
+died, it reruns the incomplete job (``rerun-incomplete`` in ``profiles/lan``) and the folder goes
+to the worker with the job's inputs, so training resumes from the last checkpoint received.
 """
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -41,6 +50,11 @@ class ExecutorSettings(ExecutorSettingsBase):
     timeout: float = field(default=20.0, metadata={"help": "seconds of worker silence before its job is offered again",
                                                   "env_var": False})
     max_attempts: int = field(default=3, metadata={"help": "offers of one job before it fails", "env_var": False})
+    checkpoints: str = field(default="{outdir}/checkpoints", metadata={
+        "help": "checkpoint folder of a farm job, synced back while it runs and shipped when it is rerun "
+                "({outdir}: folder of the job's first output; empty: none)", "env_var": False})
+    checkpoint_interval: float = field(default=60.0, metadata={
+        "help": "seconds between checks of a running job's checkpoint folder (sent back when it changed)", "env_var": False})
 
 
 common_settings = CommonSettings(
@@ -58,16 +72,42 @@ common_settings = CommonSettings(
 _MAX_CORES = 4096
 
 
+class _ToSnakemakeLog(logging.Handler):
+    """The coordinator's log records (``splatforge.farm``, INFO and up) into Snakemake's log, so a
+    run shows which worker took which job, checkpoints received and workers lost or refused."""
+
+    def __init__(self, logger):
+        super().__init__(logging.INFO)
+        self.target = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.levelno >= logging.WARNING:  # the interface has info/error/debug only
+                self.target.error(f"{record.levelname}: {msg}")
+            else:
+                self.target.info(msg)
+        except Exception:
+            self.handleError(record)
+
+
 class Executor(RemoteExecutor):
     def __post_init__(self):
         s: ExecutorSettings = self.workflow.executor_settings
         if not s.keys:
             raise WorkflowError("splatforge-farm: --splatforge-farm-keys DIR is required (make it with `splatforge farm keys DIR`)")
         self.farm_rules = {r.strip() for r in s.farm_rules.split(",") if r.strip()}
+        farm_log = logging.getLogger("splatforge.farm")
+        if farm_log.getEffectiveLevel() > logging.INFO:
+            farm_log.setLevel(logging.INFO)
+        self._log_handler = _ToSnakemakeLog(self.logger)
+        farm_log.addHandler(self._log_handler)
         self.coordinator = Coordinator(os.getcwd(), s.keys, host=s.host, port=s.port,
                                        workflow_root=os.path.dirname(os.path.abspath(self.workflow.main_snakefile)),
                                        heartbeat_s=s.heartbeat, timeout_s=s.timeout, max_attempts=s.max_attempts,
-                                       beacon_port=s.beacon_port or None, beacon_addr=s.beacon_address)
+                                       beacon_port=s.beacon_port or None, beacon_addr=s.beacon_address,
+                                       checkpoint_s=s.checkpoint_interval)
+        self.checkpoints = s.checkpoints or ""
         try:
             port = self.coordinator.start()
         except SplatForgeError as e:
@@ -91,12 +131,20 @@ class Executor(RemoteExecutor):
         extra = list(job.log) + ([str(job.benchmark)] if job.benchmark else [])
         spec = JobSpec(rule=job.rule.name, targets=[str(f) for f in job.output], inputs=[str(f) for f in job.input],
                        extra=[str(f) for f in extra], cores=max(1, min(int(job.threads), _MAX_CORES)),
-                       cost=float(job.resources.get("farm_cost", 1) or 1), config=self._config())
+                       cost=float(job.resources.get("farm_cost", 1) or 1), config=self._config(),
+                       checkpoints=self._checkpoint_dir(job))
         try:
             jid = self.coordinator.submit(spec)
         except SplatForgeError as e:
             raise WorkflowError(str(e))
         self.report_job_submission(SubmittedJobInfo(job, external_jobid=f"farm-{jid}", aux={"farm": jid}))
+
+    def _checkpoint_dir(self, job: JobExecutorInterface) -> str:
+        """The job's checkpoint folder (relative POSIX path; "" when the setting is empty)."""
+        if not self.checkpoints:
+            return ""
+        outdir = os.path.dirname(str(next(iter(job.output))))
+        return os.path.normpath(self.checkpoints.replace("{outdir}", outdir or ".")).replace(os.sep, "/")
 
     async def check_active_jobs(self, active_jobs: List[SubmittedJobInfo]) -> AsyncGenerator[SubmittedJobInfo, None]:
         for info in active_jobs:
@@ -130,3 +178,4 @@ class Executor(RemoteExecutor):
     def shutdown(self):
         super().shutdown()
         self.coordinator.stop()
+        logging.getLogger("splatforge.farm").removeHandler(self._log_handler)

@@ -99,6 +99,22 @@ class Farm:
         self.coord.stop()
 
 
+@pytest.fixture(autouse=True)
+def farm_logs_through_logging():
+    """The in-process coordinator's records reach pytest only through its logging capture (the
+    "Captured log" section, ``caplog``): the project's stderr handler, which an in-process
+    ``splatforge`` command of an earlier test leaves on the ``splatforge`` logger
+    (:func:`splatforge_core.log.setup_logging`), is detached for the test, so the coordinator
+    thread's INFO lines are not also written as raw stderr text."""
+    logger = logging.getLogger("splatforge")
+    own = [h for h in logger.handlers if getattr(h, "_sf", False)]
+    for h in own:
+        logger.removeHandler(h)
+    yield
+    for h in own:
+        logger.addHandler(h)
+
+
 @pytest.fixture
 def farm(tmp_path):
     f = Farm(tmp_path)

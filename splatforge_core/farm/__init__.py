@@ -15,7 +15,8 @@ Modules:
 * :mod:`.keys`: CurveZMQ certificates (``splatforge farm keys DIR``).
 * :mod:`.beacon`: UDP discovery beacons (port 5557 by default).
 * :mod:`.assign`: job -> worker assignment (pulp LP minimising the makespan).
-* :mod:`.coordinator`: the coordinator thread.
-* :mod:`.worker`: ``splatforge worker``.
+* :mod:`.coordinator`: the coordinator thread (jobs, offers, results, checkpoints).
+* :mod:`.worker`: ``splatforge worker`` (one job slot per GPU or ``--slots N``; a running job's
+  checkpoints go back to the coordinator, so a restarted run resumes training).
 * :mod:`.cli`: ``splatforge farm keys|status``.
 """

@@ -115,3 +115,13 @@ class Assembly:
     def close(self) -> None:
         if not self._f.closed:
             self._f.close()
+
+
+def top_files(folder: str | Path) -> list[str]:
+    """Names (sorted) of the regular, non-hidden files directly in ``folder`` ([] when it is not a
+    folder). A checkpoint folder is mirrored as these: sub-folders (the trainer's ``stale-*``) and
+    hidden files (temporaries of an atomic save in progress) are left out; symbolic links too."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and not p.is_symlink())

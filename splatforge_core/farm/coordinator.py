@@ -9,6 +9,18 @@ again returns the same id. Each offer carries an attempt counter; a result of an
 ignored. A worker silent for ``timeout_s`` is dropped and its job offered again (attempt + 1);
 a result archive that fails a check is refused with a log line and the job offered again, up to
 ``max_attempts`` offers.
+
+Checkpoints (resuming after a coordinator restart): a job may name a checkpoint folder
+(:attr:`JobSpec.checkpoints`, relative to the working directory; the executor plugin uses the
+folder ``checkpoints/`` beside the job's first output, where the trainer keeps its
+``ckpt_*.pt``). While the job runs, the worker sends that folder's files back every
+``checkpoint_s`` seconds when they changed (``checkpoint`` message: the names the folder holds
+now, and an archive of those that are new or changed, chunks with sha256 like a result, the same
+safe extraction; members must be announced files directly in that folder); the coordinator moves
+each received file into the folder with an atomic rename, then removes the files no longer
+named, so the folder always holds complete checkpoints. When the job is offered again (a restarted
+Snakemake reruns the incomplete job, or another worker takes over) the folder's files go with its
+inputs, and the trainer resumes from them (it checks their input fingerprint itself).
 """
 
 from __future__ import annotations
@@ -51,7 +63,8 @@ class JobSpec:
     Snakemake targets); extra: log and benchmark files (relative); inputs: input files or
     folders to ship (relative to the working directory); cores: ``--cores`` on the worker;
     cost: estimated work (units of a worker's measured speed x seconds); config: the run's
-    config (shipped as JSON and given with ``--configfile``).
+    config (shipped as JSON and given with ``--configfile``); checkpoints: the job's checkpoint
+    folder (relative; "" for none), synced back while the job runs and shipped with its inputs.
     """
 
     rule: str
@@ -61,6 +74,7 @@ class JobSpec:
     cores: int = 1
     cost: float = 1.0
     config: dict = field(default_factory=dict)
+    checkpoints: str = ""
 
 
 @dataclass
@@ -74,6 +88,8 @@ class _Job:
     message: str = ""
     assembly: archive.Assembly | None = None
     result: dict | None = None
+    incoming: str = "result"  # what job.assembly receives: result | checkpoint
+    checkpoint: dict | None = None  # header of the checkpoint being received
     started: float = 0.0
     t_result: float = 0.0
     t_submit: float = field(default_factory=time.monotonic)
@@ -103,7 +119,7 @@ class Coordinator:
                  workflow_root: str | Path | None = None, heartbeat_s: float = 1.0, timeout_s: float = 6.0,
                  max_attempts: int = 3, beacon_port: int | None = protocol.BEACON_PORT,
                  beacon_addr: str = "255.255.255.255", version: str | None = None,
-                 max_members: int = archive.MAX_MEMBERS, max_bytes: int = archive.MAX_BYTES):
+                 max_members: int = archive.MAX_MEMBERS, max_bytes: int = archive.MAX_BYTES, checkpoint_s: float = 60.0):
         self.workdir = Path(workdir).resolve()
         self.keys_dir = Path(keys_dir)
         self.host, self.port = host, port
@@ -112,6 +128,7 @@ class Coordinator:
         self.beacon_port, self.beacon_addr = beacon_port, beacon_addr
         self.version = version or protocol.package_version()
         self.max_members, self.max_bytes = max_members, max_bytes
+        self.checkpoint_s = float(checkpoint_s)
         self.code = protocol.code_hash()
         self.wf_files = protocol.workflow_files(self.workflow_root)
         if "Snakefile" not in self.wf_files:
@@ -127,7 +144,7 @@ class Coordinator:
         self._error: BaseException | None = None
         #: coordinator-side seconds per job (packing + sending an offer; checking + installing a result), bytes and
         #: seconds of archive transfer
-        self.stats = {"offer_s": [], "overhead_s": [], "bytes_in": 0, "bytes_out": 0, "transfer_s": 0.0}
+        self.stats = {"offer_s": [], "overhead_s": [], "bytes_in": 0, "bytes_out": 0, "transfer_s": 0.0, "checkpoints": 0}
 
     # -- public API (any thread) --------------------------------------------------------------
 
@@ -160,7 +177,7 @@ class Coordinator:
         Raises:
             SplatForgeError: a target, input or log path that is absolute or leaves the working directory.
         """
-        for p in spec.targets + spec.inputs + spec.extra:
+        for p in spec.targets + spec.inputs + spec.extra + ([spec.checkpoints] if spec.checkpoints else []):
             if not _rel_ok(p):
                 raise SplatForgeError(f"{p}: farm jobs need paths relative to and inside the working directory {self.workdir}")
         jid = job_id(spec.rule, spec.targets)
@@ -322,7 +339,7 @@ class Coordinator:
         if peer is None:
             if kind != "hello":
                 log.warning("farm: %s message from key %s before hello: refused", kind, key[:8])
-                self._send(sock, ident, "refused", reason="say hello first")
+                self._send(sock, ident, "refused", reason=protocol.HELLO_FIRST)
                 return
             reason = protocol.check_hello(header, self.version, self.code, self.wf_hash)
             if reason:
@@ -339,6 +356,8 @@ class Coordinator:
             return
         if kind == "result":
             self._on_result(sock, peer, header)
+        elif kind == "checkpoint":
+            self._on_checkpoint(sock, peer, header)
         elif kind == "chunk":
             self._on_chunk(sock, peer, header, payload)
         else:
@@ -419,6 +438,12 @@ class Coordinator:
                     if not src.exists():
                         raise SplatForgeError(f"{src}: input of job {job.id} ({job.spec.rule}) does not exist")
                     t.add(src, arcname=PurePosixPath(rel).as_posix())
+                ckpts = archive.top_files(self.workdir / job.spec.checkpoints) if job.spec.checkpoints else []
+                for name in ckpts:  # a restarted run resumes from what the last worker sent back
+                    t.add(self.workdir / job.spec.checkpoints / name, arcname=f"{job.spec.checkpoints}/{name}")
+            if ckpts:
+                log.info("farm: job %s (%s): shipping checkpoint(s) %s with its inputs", job.id, job.spec.rule,
+                         ", ".join(ckpts))
             shutil.rmtree(stage, ignore_errors=True)
             size, sha = os.path.getsize(tar), archive.file_sha256(tar)
         except (OSError, SplatForgeError) as e:
@@ -429,7 +454,8 @@ class Coordinator:
         files = job.spec.targets + job.spec.extra
         ok = self._send(sock, peer.ident, "offer", job=job.id, attempt=job.attempt, rule=job.spec.rule,
                         targets=job.spec.targets, files=files, cores=int(job.spec.cores), size=size,
-                        nchunks=archive.n_chunks(size), sha256=sha)
+                        nchunks=archive.n_chunks(size), sha256=sha, checkpoints=job.spec.checkpoints,
+                        checkpoint_s=self.checkpoint_s)
         t1 = time.monotonic()
         for seq, data, csha in archive.chunks(tar):
             ok = ok and self._send(sock, peer.ident, "chunk", data, job=job.id, attempt=job.attempt, seq=seq, sha256=csha)
@@ -457,9 +483,12 @@ class Coordinator:
         if job is None:
             return
         folder = self.farm_dir / job.id / str(job.attempt)
+        if job.assembly:  # a checkpoint cut short (the worker sends each archive's chunks in a row)
+            job.assembly.close()
         try:
             job.assembly = archive.Assembly(folder / "result.tar", header["size"], header["nchunks"], header["sha256"],
                                             max_bytes=self.max_bytes + (64 << 20))
+            job.incoming = "result"
             job.result = header
             job.t_result = time.monotonic()
         except archive.ArchiveError as e:
@@ -479,7 +508,60 @@ class Coordinator:
         if complete:
             self.stats["bytes_in"] += job.assembly.size
             self.stats["transfer_s"] += time.monotonic() - job.t_result
-            self._install(sock, peer, job)
+            if job.incoming == "checkpoint":
+                job.assembly = None
+                self._install_checkpoint(sock, peer, job)
+            else:
+                self._install(sock, peer, job)
+
+    def _on_checkpoint(self, sock, peer: _Peer, header: dict) -> None:
+        job = self._current(peer, header)
+        if job is None:
+            return
+        if not job.spec.checkpoints:
+            self._refuse_result(sock, peer, job, "checkpoint sent for a job without a checkpoint folder")
+            return
+        if job.assembly:
+            job.assembly.close()
+        try:
+            job.assembly = archive.Assembly(self.farm_dir / job.id / str(job.attempt) / "checkpoint.tar", header["size"],
+                                            header["nchunks"], header["sha256"], max_bytes=self.max_bytes)
+        except archive.ArchiveError as e:
+            self._refuse_result(sock, peer, job, f"checkpoint: {e}")
+            return
+        job.incoming, job.checkpoint, job.t_result = "checkpoint", header, time.monotonic()
+
+    def _install_checkpoint(self, sock, peer: _Peer, job: _Job) -> None:
+        """Extract a complete checkpoint archive safely and mirror its files into the job's
+        checkpoint folder (file by file with atomic renames; then the files no longer sent are removed)."""
+        folder = self.farm_dir / job.id / str(job.attempt)
+        tar, out = folder / "checkpoint.tar", folder / "checkpoint"
+        rel = job.spec.checkpoints.rstrip("/")
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            names = archive.safe_extract(tar, out, self.max_members, self.max_bytes)
+            want = {f"{rel}/{n}" for n in job.checkpoint["files"]}
+            if not names or not set(names) <= want or any("/" in n or n.startswith(".") for n in job.checkpoint["files"]):
+                raise archive.ArchiveError(f"{tar}: members {names[:5]} are not the announced checkpoint files "
+                                           f"{sorted(want)[:5]} directly in {rel}/")
+        except archive.ArchiveError as e:
+            self._refuse_result(sock, peer, job, f"checkpoint: {e}")
+            return
+        finally:
+            tar.unlink(missing_ok=True)
+        dest = self.workdir / rel
+        dest.mkdir(parents=True, exist_ok=True)
+        files = job.checkpoint["files"]
+        received = [n.rsplit("/", 1)[1] for n in names]
+        for name in received:
+            os.replace(out / rel / name, dest / name)
+        for name in archive.top_files(dest):
+            if name not in files:
+                (dest / name).unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        self.stats["checkpoints"] += 1
+        log.info("farm: job %s (%s): checkpoint %s from worker %r installed in %s (it holds %s)", job.id, job.spec.rule,
+                 ", ".join(received), peer.name, dest, ", ".join(archive.top_files(dest)))
 
     def _refuse_result(self, sock, peer: _Peer, job: _Job, why: str) -> None:
         log.warning("farm: result of job %s (%s) attempt %d from worker %r refused: %s; worker dropped", job.id,

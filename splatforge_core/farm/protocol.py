@@ -7,8 +7,11 @@ Message types (direction):
 * ``hello`` (worker -> coordinator): name, package version, code and workflow hashes, capacity.
 * ``welcome`` / ``refused`` (coordinator -> worker): the handshake's answer.
 * ``heartbeat`` (both ways): liveness; the worker's says which job it is running.
-* ``offer`` (coordinator -> worker): a job (id, attempt, rule, targets, cores, expected files)
-  followed by ``chunk`` messages of its input archive.
+* ``offer`` (coordinator -> worker): a job (id, attempt, rule, targets, cores, expected files, the
+  job's checkpoint folder and how often to send it back) followed by ``chunk`` messages of its
+  input archive.
+* ``checkpoint`` (worker -> coordinator): while the job runs, the files of its checkpoint folder
+  (when they changed), followed by ``chunk`` messages of their archive.
 * ``result`` (worker -> coordinator): the job's outcome, followed by ``chunk`` messages of the
   result archive.
 * ``chunk`` (both ways): one piece of an archive, with its sha256.
@@ -25,7 +28,7 @@ from pathlib import Path
 from ..errors import SplatForgeError
 
 #: Protocol revision; a peer speaking another one is refused at the handshake.
-PROTOCOL = 1
+PROTOCOL = 2
 #: Archive chunk size (bytes). ZeroMQ drops a connection that sends a frame over MAXMSGSIZE.
 CHUNK_BYTES = 1 << 20
 #: Largest header frame accepted (bytes).
@@ -37,6 +40,9 @@ MAX_STR = 4096
 MAX_LIST = 10000
 #: Default UDP beacon port.
 BEACON_PORT = 5557
+#: ``refused`` reason for a message from a peer the coordinator has not welcomed: a worker that hears it
+#: after it was welcomed talks to a restarted coordinator, and joins again.
+HELLO_FIRST = "say hello first"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -86,7 +92,8 @@ SCHEMA: dict[str, dict[str, str]] = {
     "refused": {"reason": "str"},
     "heartbeat": {"job": "job?"},
     "offer": {"job": "job", "attempt": "int", "rule": "str", "targets": "strs", "files": "strs", "cores": "int",
-              "size": "int", "nchunks": "int", "sha256": "hex64"},
+              "size": "int", "nchunks": "int", "sha256": "hex64", "checkpoints": "str", "checkpoint_s": "num"},
+    "checkpoint": {"job": "job", "attempt": "int", "files": "strs", "size": "int", "nchunks": "int", "sha256": "hex64"},
     "result": {"job": "job", "attempt": "int", "ok": "bool", "returncode": "num", "message": "str", "files": "strs",
                "size": "int", "nchunks": "int", "sha256": "hex64"},
     "chunk": {"job": "job", "attempt": "int", "seq": "int", "sha256": "hex64"},

@@ -59,7 +59,7 @@ def reference(name: str, root: Path, work: Path, max_side: int) -> dict:
     from splatforge_core.formats import read_any, write_any
     from splatforge_core.inria import load_views
     from splatforge_core.splat import read_splat_ply
-    from splatforge_core.train.finetune import evaluate
+    from splatforge_core.finetune import evaluate
 
     work.mkdir(parents=True, exist_ok=True)
     test = load_views(root, max_side=max_side, eval_every_n=8).test

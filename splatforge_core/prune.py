@@ -16,7 +16,7 @@ held-out views are the trainer's split (every 8th frame) and only the training v
 Gaussians.
 
 ``--finetune N`` then finetunes the pruned splat for N steps on the training views only (never the
-held-out ones) with :func:`splatforge_core.train.finetune.finetune` (Adam on every parameter, no
+held-out ones) with :func:`splatforge_core.finetune.finetune` (Adam on every parameter, no
 densification), as LightGaussian does after pruning.
 
 ``prune_curve`` writes held-out PSNR (against the held-out photos, black background, no masks) for
@@ -189,8 +189,8 @@ def prune_curve(splat: dict, data, score: np.ndarray, keeps=(1.0, 0.5, 0.25, 0.1
 
 def finetune_fn(data, iterations: int):
     """``splat -> splat`` finetuning on ``data.train`` (never ``data.test``) for ``iterations`` steps
-    with :func:`splatforge_core.train.finetune.finetune` (its default options)."""
-    from .train.finetune import finetune
+    with :func:`splatforge_core.finetune.finetune` (its default options)."""
+    from .finetune import finetune
 
     def run(splat: dict) -> dict:
         out, log = finetune(splat, data.train, iterations, scene_scale=data.scene_scale)

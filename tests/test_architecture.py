@@ -1,7 +1,8 @@
 """Architecture rule: no stage module imports another stage.
 
 Stages share code only through the non-stage modules (``geodesy``, ``cameras``, ``rotations``,
-``splat``, ``io``, ``options``, ``errors``, ``log``, ``masks``, ``render``, ``sfm/__init__``...),
+``splat``, ``io``, ``options``, ``errors``, ``log``, ``masks``, ``render``, ``metrics``, ``finetune``,
+``inria``, ``sfm/__init__``...),
 so each stage can be changed, tested and replaced on its own. Checked statically with ``ast``
 (every import, also those inside functions), without importing the modules.
 """

@@ -231,7 +231,9 @@ def test_checkpoints_sent_back_are_mirrored_and_a_restarted_coordinator_ships_th
         _send_checkpoint(s, h, _tar([_file(f"{CKPT}/ckpt_0000030.pt", b"thirty")]), ["ckpt_0000020.pt", "ckpt_0000030.pt"])
         wait_for(lambda: archive.top_files(dest) == ["ckpt_0000020.pt", "ckpt_0000030.pt"], 10, "step 10 pruned")
         assert (dest / "ckpt_0000020.pt").read_bytes() == b"twenty"
-        assert farm.coord.state(h["job"])[0] == "running" and farm.coord.stats["checkpoints"] == 3
+        # the files are renamed into place before the coordinator counts the checkpoint: wait for both
+        wait_for(lambda: farm.coord.stats["checkpoints"] == 3, 10, "the third checkpoint counted")
+        assert farm.coord.state(h["job"])[0] == "running"
         s.close()
         farm.coord.stop()  # the coordinator dies; a new one (the rerun) takes the same job
         farm.coord = Coordinator(farm.wf, farm.keys, host="127.0.0.1", heartbeat_s=0.5, timeout_s=4.0, beacon_port=None)

@@ -1,4 +1,4 @@
-"""Finetune of a trained splat (train.finetune): loss goes down, held-out views unused, STE, errors."""
+"""Finetune of a trained splat (splatforge_core.finetune): loss goes down, held-out views unused, STE, errors."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ import torch
 from splatforge_core.errors import InputError
 from splatforge_core.inria import load_views
 from splatforge_core.splat import read_splat_ply
-from splatforge_core.train.finetune import FinetuneOptions, evaluate, finetune, straight_through
+from splatforge_core.finetune import FinetuneOptions, evaluate, finetune, straight_through
 from splatforge_core.train.synthetic_inria import make_inria_folder
 
 

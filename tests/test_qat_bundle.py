@@ -20,7 +20,7 @@ from splatforge_core.codec import qat_bundle as qb
 from splatforge_core.errors import InputError
 from splatforge_core.inria import load_views
 from splatforge_core.splat import read_splat_ply, write_splat_ply
-from splatforge_core.train.finetune import evaluate
+from splatforge_core.finetune import evaluate
 from splatforge_core.train.synthetic_inria import make_inria_folder
 
 ITERS = 4

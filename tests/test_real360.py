@@ -16,7 +16,7 @@ from splatforge_core.project import ProjectOptions, main as project_main, view_l
 from splatforge_core.sfm.align import heading_check, wrap_deg, yaw_deg
 from splatforge_core.sfm.compare import Pose, compare_poses, mean_rotation, poses_from_inria_cameras, rotation_angle_deg
 from splatforge_core.train.data import held_out_frame_indices
-from splatforge_core.train.metrics import psnr
+from splatforge_core.metrics import psnr
 
 
 def _rot(axis, deg):

@@ -20,7 +20,7 @@ from splatforge_core import demo, ingest, project, report
 from splatforge_core.errors import InputError
 from splatforge_core.io import read_json, write_json
 from splatforge_core.sfm.align import demo_ground_truth
-from splatforge_core.train.metrics import save_comparison_png, save_curve_png
+from splatforge_core.metrics import save_comparison_png, save_curve_png
 
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 

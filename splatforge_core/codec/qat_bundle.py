@@ -7,7 +7,7 @@ Encoder (:func:`encode_folder`), all PSNR/SSIM on the same held-out views (every
 :func:`splatforge_core.inria.load_views`, never trained on), rendered at ``finetune_max_side``:
 
 (a) the input splat; (b) post-hoc quantisation of its ``f_rest_*`` (no finetune); (c) a
-quantisation-aware finetune (:func:`splatforge_core.train.finetune.finetune` with the quantiser
+quantisation-aware finetune (:func:`splatforge_core.finetune.finetune` with the quantiser
 in the forward pass through a straight-through estimator) of ``finetune_iters`` steps, then
 quantised; (d) a float32 finetune of the same length, so that a gain from extra training is not
 credited to quantisation. (c) is what is written; ``delta_psnr_db`` is (c) - (a).
@@ -419,7 +419,7 @@ def encode_folder(root: str | os.PathLike, out_path: str | os.PathLike, opts: An
     import torch
 
     from ..inria import load_views
-    from ..train.finetune import evaluate, finetune
+    from ..finetune import evaluate, finetune
 
     root = Path(root)
     ply = Path(ply) if ply is not None else root / "point_cloud.ply"

@@ -15,7 +15,7 @@ scene folder, every other preset the PLY), the bench
    (:func:`splatforge_core.inria.load_views` with ``eval_every_n=8``: every 8th frame, the
    trainer's split) with the CPU rasteriser (:func:`splatforge_core.viewer.render_view`, black
    background, 8-bit output) and compares each with the held-out photos: PSNR (peak 255, mean
-   over views) and SSIM (:func:`splatforge_core.train.metrics.ssim`, mean over views).
+   over views) and SSIM (:func:`splatforge_core.metrics.ssim`, mean over views).
 
 SPZ (Niantic's format, written and read back through :func:`splatforge_core.formats.write_any`
 / :func:`~splatforge_core.formats.read_any`, i.e. PlayCanvas splat-transform) is one more row.
@@ -105,7 +105,7 @@ def heldout_quality(splat: dict, views: list) -> tuple[float, float]:
     """
     import torch
 
-    from ..train.metrics import ssim
+    from ..metrics import ssim
     from ..viewer import render_view
 
     if not views:

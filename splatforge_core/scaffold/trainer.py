@@ -57,7 +57,7 @@ from ..io import remove_stale_temporaries, write_json
 from ..log import get_logger
 from ..train.checkpoint import _load_one, input_fingerprint, list_checkpoints, move_aside, save_checkpoint
 from ..train.data import SceneData, View, _masks_from_views, load_scene
-from ..train.metrics import psnr, save_comparison_png, save_curve_png, ssim
+from ..metrics import psnr, save_comparison_png, save_curve_png, ssim
 from ..train.options import TrainOptions
 from .layout import Anchors, ScaffoldConfig, ScaffoldModel, load_scaffold, save_scaffold
 from .model import build_mlps, generate_neural_gaussians

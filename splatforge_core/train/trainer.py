@@ -55,7 +55,7 @@ from ..splat import write_splat_ply
 from .checkpoint import input_fingerprint, load_latest_checkpoint, move_aside, save_checkpoint
 from .data import SceneData, View, _masks_from_views, load_scene
 from .init import init_gaussians, sky_sphere
-from .metrics import psnr, save_comparison_png, save_curve_png, ssim, try_load_lpips
+from ..metrics import psnr, save_comparison_png, save_curve_png, ssim, try_load_lpips
 from .options import TrainOptions
 from .strategy import get_recipe, refine_schedule
 

@@ -35,15 +35,15 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..log import get_logger
-from .data import SceneData, View
+from .errors import InputError
+from .log import get_logger
+from .train.data import SceneData, View
 from .metrics import psnr, ssim
 
 __all__ = ["FinetuneOptions", "finetune", "evaluate", "render_view", "splat_to_tensors", "tensors_to_splat",
            "straight_through"]
 
-_LOG = get_logger("train.finetune")
+_LOG = get_logger("finetune")
 
 _KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -134,7 +134,7 @@ def render_view(t: dict[str, torch.Tensor], view: View, sh_degree: int, bg: Opti
                 shN: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Render ``view`` from the parameter tensors ``t`` -> [1, H, W, 3] float (linear in [0, 1]-ish,
     unclamped). ``shN`` overrides ``t["shN"]`` (e.g. its straight-through quantised version)."""
-    from ..render import rasterization
+    from .render import rasterization
 
     dev = t["means"].device
     rest = t["shN"] if shN is None else shN

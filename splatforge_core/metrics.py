@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..io import atomic_path
+from .io import atomic_path
 
 __all__ = ["psnr", "ssim", "try_load_lpips", "save_comparison_png", "save_curve_png"]
 

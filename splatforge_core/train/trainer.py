@@ -522,6 +522,24 @@ def _metrics(tr: Trainer, final: Dict[str, Any], final_train: Dict[str, Any], sh
     }
 
 
+def _prepare_run(opts: TrainOptions, out_dir: str | os.PathLike, ply_path: str | os.PathLike):
+    """Device, torch threads and output folder of a run; removes the temporaries a killed run left
+    beside the outputs and the checkpoints (issue #18). Returns (device, out_dir, ply_path) as Paths.
+
+    Raises:
+        InputError: ``opts.device`` asks for CUDA where there is none (:func:`_resolve_device`).
+    """
+    device = _resolve_device(opts.device)
+    if opts.num_threads is not None:
+        torch.set_num_threads(opts.num_threads)
+    out_dir, ply_path = Path(out_dir), Path(ply_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries([ply_path, *(out_dir / n for n in ("splat.ply", "metrics.json", "renders.png",
+                                                                 "curve.png"))])
+    remove_stale_temporaries([], patterns=[r"^\.ckpt_\d+\.[A-Za-z0-9_]+\.tmp\.pt$"], folders=[out_dir / "checkpoints"])
+    return device, out_dir, ply_path
+
+
 def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
          views_path: Optional[str | os.PathLike], out_dir: str | os.PathLike,
          ply_path: str | os.PathLike, options: Dict[str, Any] | TrainOptions | None = None) -> Dict[str, Any]:
@@ -553,15 +571,7 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         from ..scaffold.trainer import main as scaffold_main
 
         return scaffold_main(aligned_dir, images_dir, views_path, out_dir, ply_path, opts)
-    device = _resolve_device(opts.device)
-    if opts.num_threads is not None:
-        torch.set_num_threads(opts.num_threads)
-    out_dir, ply_path = Path(out_dir), Path(ply_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # temporaries a killed run left beside the outputs and checkpoints (issue #18)
-    remove_stale_temporaries([ply_path, *(out_dir / n for n in ("splat.ply", "metrics.json", "renders.png",
-                                                                 "curve.png"))])
-    remove_stale_temporaries([], patterns=[r"^\.ckpt_\d+\.[A-Za-z0-9_]+\.tmp\.pt$"], folders=[out_dir / "checkpoints"])
+    device, out_dir, ply_path = _prepare_run(opts, out_dir, ply_path)
     t0 = time.perf_counter()
     # load
     max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
@@ -653,13 +663,7 @@ def train_scene_data(scene: SceneData, out_dir: str | os.PathLike, ply_path: str
         raise InputError("train_scene_data: the scene has no training views")
     if len(scene.points) == 0 and not opts.sky_points:
         raise InputError("train_scene_data: the scene has no initial points (and sky_points is 0)")
-    device = _resolve_device(opts.device)
-    if opts.num_threads is not None:
-        torch.set_num_threads(opts.num_threads)
-    out_dir, ply_path = Path(out_dir), Path(ply_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries([ply_path, *(out_dir / n for n in ("splat.ply", "metrics.json", "renders.png",
-                                                                 "curve.png"))])
+    device, out_dir, ply_path = _prepare_run(opts, out_dir, ply_path)
     t0 = time.perf_counter()
     return _train_loaded(scene, opts, device, out_dir, ply_path, scene_fingerprint(scene, asdict(opts)),
                          max(scene.train[0].width, scene.train[0].height), t0)

@@ -98,14 +98,43 @@ class CodecOptions:
         return o
 
 
+#: Splat formats of the ecosystem the codec takes as input (#16): read by :mod:`splatforge_core.formats`
+#: (antimatter15 ``.splat``, Niantic SPZ, PlayCanvas SOG) and encoded as the Inria PLY they convert to.
+IMPORTED_SUFFIXES = (".splat", ".spz", ".sog")
+
+
+def _main_imported(in_path: Path, out_path: Path, report_path, preset: str, options: dict | None) -> dict[str, Any]:
+    """:func:`main` for a ``.splat``/``.spz``/``.sog`` input: converted (:func:`splatforge_core.formats.convert`,
+    which validates the file before it allocates) to an Inria PLY in a temporary folder beside
+    ``out_path``, encoded, the folder removed. The report's ``input`` is ``in_path``; its sizes and
+    ``ply_save_pct`` are against the converted PLY (``imported_ply_bytes``; ``imported_bytes``: the file given)."""
+    from ..formats import convert
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.import.", suffix=".tmp") as d:
+        ply = Path(d) / f"{in_path.stem}.ply"
+        convert(in_path, ply)
+        rep = main(ply, out_path, None, preset, options, _importing=True)  # keeps this folder
+    rep.update(input=str(in_path), imported_from=in_path.suffix.lower().lstrip("."),
+               imported_bytes=in_path.stat().st_size, imported_ply_bytes=rep.get("size_bytes_in"))
+    if report_path:
+        write_json(report_path, rep)
+    return rep
+
+
 def main(
     in_ply: str | os.PathLike,
     out_path: str | os.PathLike,
     report_path: str | os.PathLike | None,
     preset: str,
     options: dict | None = None,
+    *,
+    _importing: bool = False,
 ) -> dict[str, Any]:
     """Compress the splat PLY ``in_ply`` into ``out_path`` with ``preset``; return the report.
+
+    A ``.splat``, ``.spz`` or ``.sog`` file (:data:`IMPORTED_SUFFIXES`) is converted to an Inria PLY
+    first (:func:`_main_imported`).
 
     A preset that needs a bundle (:attr:`.presets.Preset.needs_bundle`) takes a bundle as
     ``in_ply`` (``.tar``, ``.tar.gz``/``.tgz`` or a folder, :mod:`.bundle`): it is validated and
@@ -134,7 +163,11 @@ def main(
 
     # a killed run's temporaries: output, report, and a bundle's extraction folder
     remove_stale_temporaries([out_path, *([Path(report_path)] if report_path else [])],
-                             patterns=[work_dir_pattern(out_path, "bundle")])
+                             patterns=[work_dir_pattern(out_path, "bundle"),
+                                       *([] if _importing else [work_dir_pattern(out_path, "import")])])
+
+    if not spec.needs_bundle and in_ply.suffix.lower() in IMPORTED_SUFFIXES:
+        return _main_imported(in_ply, out_path, report_path, preset, options)
 
     if spec.needs_bundle:
         if not is_bundle_path(in_ply):

@@ -47,7 +47,8 @@ class Splat:
 
 
 def _read_splat_ply(path: str | Path) -> Splat:
-    """Read an Inria-3DGS splat PLY into a :class:`Splat` (float64, activated values).
+    """Read an Inria-3DGS splat PLY into a :class:`Splat` (float64, activated values); a ``.splat``,
+    ``.spz`` or ``.sog`` file is read through :func:`splatforge_core.formats.read_any` (#16).
 
     Parsing and validation are :func:`splatforge_core.splat.read_splat_ply`'s (missing file,
     not a PLY, missing columns, empty, NaN/Inf: InputError naming the file); here the
@@ -55,7 +56,12 @@ def _read_splat_ply(path: str | Path) -> Splat:
     opacities passed through the sigmoid.
     """
     path = Path(path)
-    d = read_splat_ply(path)
+    if path.suffix.lower() in (".splat", ".spz", ".sog"):
+        from ..formats import read_any
+
+        d = read_any(path)
+    else:
+        d = read_splat_ply(path)
     n = len(d["means"])
     quats = d["quats"].astype(np.float64)
     qn = np.linalg.norm(quats, axis=1, keepdims=True)

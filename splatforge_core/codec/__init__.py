@@ -63,7 +63,8 @@ class CodecOptions:
     finetune_iters: qat-3dgs-bundle: finetune steps, 0..100000 (default None: 5000 on CUDA,
         40 on CPU, the configuration measured in benchmarks/results/qat.md).
     finetune_max_side: qat-3dgs-bundle: longer image side of the finetune and the held-out
-        evaluation in pixels, 16..16384 (default None: full resolution on CUDA, 96 on CPU).
+        evaluation in pixels, 16..16384 (default None: the bundle images' own resolution; a
+        lower one finetunes the splat for that resolution and loses PSNR at its own, see qat_bundle).
     """
 
     keep_required: bool = True

@@ -66,11 +66,13 @@ PRESET = "qat-3dgs-bundle"
 FORMAT_VERSION = 1
 SCALE_COMMENT = "splatforge_sh_scale"
 BITS_COMMENT = "splatforge_sh_bits"
-#: CPU defaults of the finetune: the configuration measured on the demo (benchmarks/results/qat.md:
-#: 100k Gaussians, 198 training views, 2 heavily shared cores: 9 s per step, 18 min for the whole
-#: four-way encode); CUDA: 5000 steps at full resolution.
+#: CPU defaults of the finetune: 40 steps (benchmarks/results/qat.md) at the bundle images' own
+#: resolution (None; the workflow packs a bundle at the resolution the splat was trained at). A
+#: lower finetune resolution is not a cheap stand-in: on snowmiku (SH 3) the 96 px finetune scored
+#: +1.69 dB at 96 px but -2.37 dB at 256 px (SplatBench), while the same 40 steps at its 192 px
+#: training resolution gave +0.11 dB there. CUDA: 5000 steps at full resolution.
 CPU_FINETUNE_ITERS = 40
-CPU_MAX_SIDE = 96
+CPU_MAX_SIDE = None
 CUDA_FINETUNE_ITERS = 5000
 EVAL_EVERY_N = 8
 
@@ -385,7 +387,7 @@ def finetune_defaults(opts: Any, cuda: bool) -> tuple[int, Optional[int]]:
     if it is None:
         it = CUDA_FINETUNE_ITERS if cuda else CPU_FINETUNE_ITERS
     if ms is None and not cuda:
-        ms = CPU_MAX_SIDE
+        ms = CPU_MAX_SIDE  # None: the images' own size
     return int(it), (int(ms) if ms else None)
 
 

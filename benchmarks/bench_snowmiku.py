@@ -171,19 +171,22 @@ def load_scene(out: Path, max_side: int | None = None):
     return scene
 
 
-def train_opts(iterations: int, threads: int, max_gaussians: int) -> dict:
+def train_opts(iterations: int, threads: int, max_gaussians: int, model: str = "3dgs") -> dict:
     """Train options of the snowmiku run (see the module docstring and train.md)."""
     return {"device": "cpu", "iterations": iterations, "num_threads": threads, "sky_points": 0,
-            "max_gaussians": max_gaussians,
+            "max_gaussians": max_gaussians, "model": model,
             "eval_steps": [], "checkpoint_every": 250, "progress": True, "log_every": 50}
 
 
-def train(out: Path, iterations: int, threads: int, train_side: int, max_gaussians: int) -> dict:
+def train(out: Path, iterations: int, threads: int, train_side: int, max_gaussians: int, model: str = "3dgs") -> dict:
     from splatforge_core.train.trainer import train_scene_data
 
     scene = load_scene(out, train_side)
     t0 = time.perf_counter()
-    m = train_scene_data(scene, out / "train", out / "point_cloud.ply", train_opts(iterations, threads, max_gaussians))
+    # Scaffold-GS (--model scaffold): point_cloud.ply is then the baked Inria PLY and the reference
+    # layout (anchor PLY, MLPs, cfg_args, cameras.json) is <out>/train/scaffold/
+    m = train_scene_data(scene, out / "train", out / "point_cloud.ply",
+                         train_opts(iterations, threads, max_gaussians, model))
     m["bench_wall_seconds"] = time.perf_counter() - t0
     (out / "DONE").touch()
     return m
@@ -236,6 +239,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-side", type=int, default=None, help="train/evaluate at this longer side (default: as written)")
     ap.add_argument("--max-gaussians", type=int, default=100_000)
+    ap.add_argument("--model", choices=["3dgs", "scaffold"], default="3dgs", help="train.model of the run")
     ap.add_argument("--write-md", action="store_true")
     a = ap.parse_args(argv)
     from splatforge_core.log import setup_logging
@@ -250,11 +254,12 @@ def main(argv=None) -> int:
         _write_md(json.loads((a.out / "train" / "metrics.json").read_text()), a, "recorded after the run: "
                   + load)
     else:
-        m = train(a.out, a.iterations, a.threads, a.train_side, a.max_gaussians)
-        keep = {k: m[k] for k in ("iterations", "num_gaussians", "sh_degree", "n_train_views", "n_test_views",
-                                  "final", "final_train_views", "train_seconds", "sec_per_iter", "bench_wall_seconds")}
+        m = train(a.out, a.iterations, a.threads, a.train_side, a.max_gaussians, a.model)
+        keep = {k: m.get(k) for k in ("model", "iterations", "num_gaussians", "num_anchors", "sh_degree", "n_train_views",
+                                      "n_test_views", "final", "final_train_views", "reloaded_final", "baked_final",
+                                      "sizes_bytes", "train_seconds", "sec_per_iter", "bench_wall_seconds")}
         print(json.dumps(keep, indent=1))
-        if a.write_md:
+        if a.write_md and a.model == "3dgs":
             _write_md(m, a, load)
     return 0
 

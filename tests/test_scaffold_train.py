@@ -144,3 +144,18 @@ def test_scaffold_checkpoint_that_is_not_one(scene, tmp_path):
     with pytest.raises(InputError, match=r"ckpt_0000010\.pt: not a valid Scaffold-GS checkpoint"):
         main(scene["aligned"], scene["images"], scene["views"], tmp_path / "out", tmp_path / "s.ply",
              {"model": "scaffold", "iterations": 20, "progress": False})
+
+
+def test_train_scene_data_trains_scaffold_like_main(scene, tmp_path):
+    """A loaded scene (the snowmiku path: inria.load_views + points) trains Scaffold-GS through
+    train.trainer.train_scene_data exactly as main does from the COLMAP folders."""
+    from splatforge_core.train.data import load_scene
+    from splatforge_core.train.trainer import train_scene_data
+
+    opts = {"model": "scaffold", "iterations": 40, "progress": False, "num_threads": 1, "eval_steps": []}
+    ref = main(scene["aligned"], scene["images"], scene["views"], tmp_path / "a", tmp_path / "a.ply", opts)
+    loaded = load_scene(scene["aligned"], scene["images"], scene["views"])
+    m = train_scene_data(loaded, tmp_path / "b", tmp_path / "b.ply", opts)
+    assert m["model"] == "scaffold" and m["final_step"] == 40 and m["num_anchors"] == ref["num_anchors"]
+    assert m["final"]["psnr"] == pytest.approx(ref["final"]["psnr"], abs=1e-4)
+    assert (tmp_path / "b" / "scaffold" / "cfg_args").is_file() and (tmp_path / "b.ply").is_file()

@@ -531,9 +531,42 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike, views_pa
         InputError: unreadable inputs, no training views, too few SfM points, a checkpoint this
             project did not write.
     """
-    from ..inria import camera_from_pinhole
-    from ..splat import write_splat_ply
+    device, out_dir, ply_path = _prepare(opts, out_dir, ply_path)
+    t0 = time.perf_counter()
+    max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
+    scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_every_n=opts.eval_every_n,
+                       eval_offset=opts.eval_offset)
+    if not scene.train:
+        raise InputError(f"{aligned_dir}: no training views left after holding out every {opts.eval_every_n}th frame")
+    fingerprint = input_fingerprint(aligned_dir, images_dir, [v.name for v in scene.train + scene.test],
+                                    _masks_from_views(views_path).values(), views_path, asdict(opts))
+    return _train_loaded(scene, opts, device, out_dir, ply_path, fingerprint, max_side, t0)
 
+
+def train_scene_data(scene: SceneData, out_dir: str | os.PathLike, ply_path: str | os.PathLike,
+                     opts: TrainOptions) -> Dict[str, Any]:
+    """Train Scaffold-GS on an already loaded scene (e.g. :func:`splatforge_core.inria.load_views`
+    plus SfM points, as for the snowmiku object capture) and write the same outputs as :func:`main`.
+
+    Args:
+        scene: :class:`SceneData` with ``train``/``test`` views at the training size and
+            ``points`` [P, 3] / ``colors`` [P, 3] float32 for the anchors.
+        out_dir, ply_path, opts: as in :func:`main`.
+
+    Raises:
+        InputError: no training views, too few SfM points, a checkpoint this project did not write.
+    """
+    from ..train.trainer import scene_fingerprint
+
+    if not scene.train:
+        raise InputError("train_scene_data: the scene has no training views")
+    device, out_dir, ply_path = _prepare(opts, out_dir, ply_path)
+    return _train_loaded(scene, opts, device, out_dir, ply_path, scene_fingerprint(scene, asdict(opts)),
+                         max(scene.train[0].width, scene.train[0].height), time.perf_counter())
+
+
+def _prepare(opts: TrainOptions, out_dir, ply_path):
+    """Device, threads and the output folder of a run -> (device, out_dir Path, ply_path Path)."""
     from ..train.trainer import _resolve_device
 
     device = _resolve_device(opts.device)
@@ -542,15 +575,17 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike, views_pa
     out_dir, ply_path = Path(out_dir), Path(ply_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries([ply_path, *(out_dir / n for n in ("metrics.json", "renders.png", "curve.png"))])
-    t0 = time.perf_counter()
-    max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
-    scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_every_n=opts.eval_every_n,
-                       eval_offset=opts.eval_offset)
-    if not scene.train:
-        raise InputError(f"{aligned_dir}: no training views left after holding out every {opts.eval_every_n}th frame")
+    return device, out_dir, ply_path
+
+
+def _train_loaded(scene: SceneData, opts: TrainOptions, device, out_dir: Path, ply_path: Path,
+                  fingerprint: Dict[str, str], max_side, t0: float) -> Dict[str, Any]:
+    """Train (or resume) on a loaded scene, write the canonical folder, the baked PLY and metrics.json."""
+    from ..inria import camera_from_pinhole
+    from ..splat import write_splat_ply
+
     tr = ScaffoldTrainer(scene, opts, device, out_dir)
-    tr.fingerprint = input_fingerprint(aligned_dir, images_dir, [v.name for v in scene.train + scene.test],
-                                       _masks_from_views(views_path).values(), views_path, asdict(opts))
+    tr.fingerprint = fingerprint
     ck = _load_latest(tr) if opts.resume else None
     if not opts.resume:
         move_aside(tr.ckpt_dir, "train option resume is false")

@@ -659,6 +659,10 @@ def train_scene_data(scene: SceneData, out_dir: str | os.PathLike, ply_path: str
     """
     opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
     opts.validate()
+    if opts.model == "scaffold":  # Scaffold-GS: its own trainer on the same loaded scene
+        from ..scaffold.trainer import train_scene_data as scaffold_train_scene_data
+
+        return scaffold_train_scene_data(scene, out_dir, ply_path, opts)
     if not scene.train:
         raise InputError("train_scene_data: the scene has no training views")
     if len(scene.points) == 0 and not opts.sky_points:

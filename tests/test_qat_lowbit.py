@@ -214,6 +214,7 @@ def test_end_to_end_report_and_exact_decode(encoded, tmp_path):
     assert rep["status"] == "ok" and not rep["lossless"] and rep["finetune_iters"] == ITERS
     assert rep["band_bits"] == list(L.DEFAULT_BAND_BITS) and rep["size_bytes_out"] == out.stat().st_size
     assert rep["ply_save_pct"] > 75
+    assert rep["constants_detected"] == ["nx", "ny", "nz"] and rep["constant_values"]["nx"]["value"] == 0.0
     fw = rep["four_way"]
     assert set(fw) == {"input", "posthoc", "qat", "fp32_finetune"}
     assert rep["psnr_canonical"] == fw["qat"]["psnr"] and rep["psnr_baseline"] == fw["input"]["psnr"]

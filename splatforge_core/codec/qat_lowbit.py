@@ -48,8 +48,8 @@ from ..log import get_logger
 from ..splat import read_splat_ply, write_splat_ply
 from . import quantised as Q
 from .container import read_container, write_container
-from .layout import map_file, parse_header, read_body
-from .lossless import EncodeResult, RoundTripError
+from .layout import hex_to_bytes, map_file, parse_header, read_body
+from .lossless import EncodeResult, RoundTripError, _value_for_report
 from .qat_bundle import EVAL_EVERY_N, finetune_defaults, rest_matrix, rest_to_shN
 
 log = get_logger("codec")
@@ -192,8 +192,10 @@ def _opts(grid: Grid) -> Any:
                         evaluate_psnr=False)
 
 
-def encode_splat(splat: dict, grid: Grid, out_path: str | os.PathLike) -> tuple[int, dict]:
-    """Write ``splat`` on ``grid`` as a ``qat-3dgs-lowbit`` container; returns (bytes written, arrays' sizes).
+def encode_splat(splat: dict, grid: Grid, out_path: str | os.PathLike) -> tuple[int, dict, dict]:
+    """Write ``splat`` on ``grid`` as a ``qat-3dgs-lowbit`` container.
+
+    Returns (bytes written, {array: compressed bytes}, {constant column: float32 bits as hex}).
 
     The splat is written as a float32 Inria PLY (:func:`splatforge_core.splat.write_splat_ply`,
     the stored header), quantised with the grid's ranges and bits (:func:`.quantised._quantise`)
@@ -223,7 +225,8 @@ def encode_splat(splat: dict, grid: Grid, out_path: str | os.PathLike) -> tuple[
                 raise RoundTripError(f"{out_path}: self-check failed: decoding the {PRESET} output did not give the "
                                      f"finetuned values on the grid bit for bit ({', '.join(bad)}); the output was deleted")
             sizes = {k: int(m2["blocks"][v["block"]]["size"]) for k, v in m2["arrays"].items()}
-    return size, sizes
+            consts = {e["name"]: e["constant"] for e in m2["extra_columns"] if e["constant"] is not None}
+    return size, sizes, consts
 
 
 def read_splat_ply_records(v: np.ndarray) -> dict:
@@ -305,8 +308,10 @@ def encode_folder(root: str | os.PathLike, out_path: str | os.PathLike, opts: An
     fp32, log_d = finetune(splat, data, iters, device=dev)
     t_fp = time.perf_counter() - t0
     ev_d = evaluate(fp32, data.test, device=dev)
-    size, sizes = encode_splat(qat, grid, out_path)
-    res = EncodeResult(len(splat["means"]), {}, {}, int(ply.stat().st_size), int(size))
+    size, sizes, consts = encode_splat(qat, grid, out_path)
+    f4 = np.dtype("<f4")  # write_splat_ply's columns
+    values = {k: {"hex": h, "value": _value_for_report(hex_to_bytes(h, f4), f4)} for k, h in consts.items()}
+    res = EncodeResult(len(splat["means"]), consts, values, int(ply.stat().st_size), int(size))
     four = {"input": _score(ev_a), "posthoc": _score(ev_b), "qat": _score(ev_c), "fp32_finetune": _score(ev_d)}
     extra = {
         "delta_psnr_db": round(ev_c["psnr"] - ev_a["psnr"], 4),
@@ -317,8 +322,8 @@ def encode_folder(root: str | os.PathLike, out_path: str | os.PathLike, opts: An
         "finetune_iters": iters,
         "train_wall_secs": round(t_qat, 2),
         "fp32_finetune_wall_secs": round(t_fp, 2),
-        # no constant strip in this tier: the normals' constant columns are stored as the quantised tier's
-        # extra columns (a hex constant each) and checked bit for bit by the decode self-check
+        # the normals' constant columns are the container's extra columns (a hex constant each, as the quantised
+        # tier's), checked bit for bit by encode_splat's decode self-check
         "constant_strip_bitexact": True,
         "band_bits": list(grid.band_bits),
         "position_bits": grid.position_bits,

@@ -229,3 +229,38 @@ def test_end_to_end_report_and_exact_decode(encoded, tmp_path):
 
     ev = evaluate(dec, load_views(scene, max_side=32, eval_every_n=8).test, device="cpu")
     assert ev["psnr"] == pytest.approx(fw["qat"]["psnr"], abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- SPZ (C++) row of SplatBench
+
+
+def test_spz_cpp_reader_maps_infinite_opacity_to_one(tmp_path, splat):
+    """SPZ's spz_to_ply writes logit(1) = +inf for alpha 255; the bench renders it as opacity 1, as SPZ means it."""
+    import plyfile
+
+    from splatforge_core.codec.splatbench import read_spz_cpp_ply
+    from splatforge_core.splat import property_names
+
+    n = len(splat["means"])
+    names = property_names(45)
+    rec = np.zeros(n, dtype=[(c, "<f4") for c in names])
+    for i, c in enumerate("xyz"):
+        rec[c] = splat["means"][:, i]
+    rec["opacity"] = np.where(np.arange(n) % 2 == 0, np.inf, -np.inf)
+    rec["rot_0"] = 1.0
+    plyfile.PlyData([plyfile.PlyElement.describe(rec, "vertex")]).write(str(tmp_path / "s.ply"))
+    sp = read_spz_cpp_ply(tmp_path / "s.ply")
+    assert sp["sh_degree"] == 3 and sp["shN"].shape == (n, 15, 3)
+    op = torch.sigmoid(torch.from_numpy(sp["opacities"]))
+    assert torch.all(op[0::2] == 1.0) and torch.all(op[1::2] < 1e-12) and np.isfinite(sp["opacities"]).all()
+
+
+def test_spz_cpp_row_without_a_build_is_a_failed_row(tmp_path, splat):
+    from splatforge_core.codec.splatbench import Scene, run_spz_cpp
+    from splatforge_core.splat import write_splat_ply
+
+    ply = tmp_path / "point_cloud.ply"
+    write_splat_ply(ply, splat["means"], splat["scales"], splat["quats"], splat["opacities"], splat["sh0"], splat["shN"])
+    row = run_spz_cpp(Scene("s", tmp_path, ply), [], (30.0, 0.9), tmp_path, tmp_path / "no-spz-build")
+    assert row["preset"] == "spz (C++)" and row["status"].startswith("failed: ") and "ply_to_spz" in row["status"]
+    assert row["size_out_mb"] is None

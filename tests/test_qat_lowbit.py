@@ -264,3 +264,21 @@ def test_spz_cpp_row_without_a_build_is_a_failed_row(tmp_path, splat):
     row = run_spz_cpp(Scene("s", tmp_path, ply), [], (30.0, 0.9), tmp_path, tmp_path / "no-spz-build")
     assert row["preset"] == "spz (C++)" and row["status"].startswith("failed: ") and "ply_to_spz" in row["status"]
     assert row["size_out_mb"] is None
+
+
+@pytest.mark.parametrize("n", [5, 3000])  # element-wise and table dequantiser paths
+def test_per_band_quantiser_equals_the_one_bit_count_quantiser_per_column(n):
+    """The one-pass per-column-bits quantiser gives, column by column, what _uq / _udq give with that column's bits."""
+    rng = np.random.default_rng(3)
+    bits = Q.rest_column_bits([4, 3, 2], 3)
+    x = rng.normal(0, 0.05, (n, 45)) * rng.uniform(0.2, 2, 45)
+    x[0] = 10.0  # clipped
+    lo = -np.abs(rng.normal(0, 0.05, 45)).astype(np.float32).astype(np.float64)
+    hi = np.abs(rng.normal(0, 0.05, 45)).astype(np.float32).astype(np.float64)
+    lo[7] = hi[7] = 0.0  # a zero column
+    codes = Q._uq_cols(x.copy(), lo, hi, bits)
+    vals = Q._udq_cols(codes, lo, hi, bits)
+    for j, b in enumerate(bits):
+        c = Q._uq(x[:, j:j + 1].copy(), lo[j:j + 1], hi[j:j + 1], b)
+        np.testing.assert_array_equal(codes[:, j:j + 1], c)
+        np.testing.assert_array_equal(_bits(vals[:, j:j + 1]), _bits(Q._udq(c, lo[j:j + 1], hi[j:j + 1], b)))

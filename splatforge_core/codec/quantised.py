@@ -87,25 +87,39 @@ def rest_column_bits(rest_bits: int | list[int], sh_degree: int) -> list[int]:
 
 
 def _uq_cols(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int | list[int]) -> np.ndarray:
-    """:func:`_uq` with one bit count per column (a list [D]) or for all (an int)."""
+    """:func:`_uq` with one bit count per column (a list [D]) or for all (an int).
+
+    Per column the same operations in the same order as :func:`_uq` with that column's bits
+    (``levels`` broadcast per column), so the same integers, in one pass. In place in ``x`` when
+    it is a writeable float64 array.
+    """
     if isinstance(bits, int):
         return _uq(x, lo, hi, bits)
-    out = np.empty(x.shape, np.dtype(_uint_str(max(bits, default=8))))
-    for b in sorted(set(bits)):
-        m = np.array(bits) == b
-        out[:, m] = _uq(x[:, m], lo[m], hi[m], b)
-    return out
+    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = x if x.dtype == np.float64 and x.flags.writeable else x.astype(np.float64)
+    np.subtract(q, lo, out=q)
+    np.divide(q, span, out=q)
+    np.multiply(q, levels, out=q)
+    np.rint(q, out=q)
+    np.clip(q, 0, levels, out=q)
+    return q.astype(np.dtype(_uint_str(max(bits, default=8))))
 
 
 def _udq_cols(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int | list[int]) -> np.ndarray:
-    """:func:`_udq` with one bit count per column (a list [D]) or for all (an int)."""
+    """:func:`_udq` with one bit count per column (a list [D]) or for all (an int): per column
+    ``lo + q / levels * (hi - lo)`` in float64 with that column's levels, rounded to float32
+    (through a [D, 2^8 or 2^16] table for 8- and 16-bit codes, as :func:`_udq`)."""
     if isinstance(bits, int):
         return _udq(q, lo, hi, bits)
-    out = np.empty(q.shape, np.float32)
-    for b in sorted(set(bits)):
-        m = np.array(bits) == b
-        out[:, m] = _udq(np.ascontiguousarray(q[:, m]), lo[m], hi[m], b)
-    return out
+    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if q.ndim != 2 or q.dtype.itemsize > 2 or len(q) < 4 * (1 << (8 * q.dtype.itemsize)):
+        return (lo + q.astype(np.float64) / levels * (hi - lo)).astype(np.float32)
+    nv = 1 << (8 * q.dtype.itemsize)
+    table = (lo[:, None] + np.arange(nv, dtype=np.float64)[None, :] / levels[:, None] * (hi - lo)[:, None]).astype(np.float32)
+    flat = q.astype(np.intp) + (np.arange(q.shape[1], dtype=np.intp) * nv)[None, :]
+    return table.reshape(-1)[flat]
 
 
 def opacity_encode(logit: np.ndarray) -> np.ndarray:

@@ -26,6 +26,10 @@ then almost all zstd at the default level 16 on the SH block (about 12x SPZ's C+
 seconds on a 200k-Gaussian SH3 PLY, 2-7x on real splats). ``zstd_level`` 3 gives the same
 decoded splat as fast as SPZ, 4-9% larger (``benchmarks/results/spz.md``).
 
+The same container with codec ``qat-3dgs-lowbit`` (:data:`LOWBIT_CODEC`, written by
+:mod:`.qat_lowbit`) has one SH bit count per band (``bits["rest"]`` a list, 2..8 each) and
+ranges its encoder chose; this module reads both.
+
 JSON metadata: ``codec`` "quantised", ``codec_version`` 1, ``ply_header`` (source header),
 ``n_vertices``, ``sh_degree``, ``arrays`` ({name: {"block", "dtype", "shape"}}),
 ``ranges`` ({group: [[lo...], [hi...]]}), ``bits``, ``extra_columns`` and ``blocks``.

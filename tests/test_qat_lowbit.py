@@ -282,3 +282,22 @@ def test_per_band_quantiser_equals_the_one_bit_count_quantiser_per_column(n):
         c = Q._uq(x[:, j:j + 1].copy(), lo[j:j + 1], hi[j:j + 1], b)
         np.testing.assert_array_equal(codes[:, j:j + 1], c)
         np.testing.assert_array_equal(_bits(vals[:, j:j + 1]), _bits(Q._udq(c, lo[j:j + 1], hi[j:j + 1], b)))
+
+
+# ----------------------------------------------------------------------------- finetune(quantise_all=...)
+
+
+def test_finetune_quantise_all_identity_is_the_plain_finetune(tmp_path):
+    """The STE form q + (p - p.detach()) adds nothing: with q = p the run is the fp32 finetune bit for bit."""
+    from splatforge_core.finetune import finetune
+    from splatforge_core.inria import load_views
+
+    sp = make_inria_folder(tmp_path / "scene", n=120, sh_degree=1, n_views=9, size=24, seed=2)
+    data = load_views(tmp_path / "scene", eval_every_n=8)
+    a, log_a = finetune(sp, data, 3, device="cpu")
+    b, log_b = finetune(sp, data, 3, quantise_all=lambda t: {k: v.clone() for k, v in t.items()}, device="cpu")
+    assert log_b["quantisation_aware"] and not log_a["quantisation_aware"]
+    for k in KEYS:
+        np.testing.assert_array_equal(_bits(a[k]), _bits(b[k]))
+    with pytest.raises(InputError, match="not both"):
+        finetune(sp, data, 1, quantise=lambda x: x, quantise_all=lambda t: t, device="cpu")

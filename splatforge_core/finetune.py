@@ -184,6 +184,7 @@ def evaluate(splat: dict, views: Sequence[View], *, device: Optional[str | torch
 
 def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
              quantise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+             quantise_all: Optional[Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = None,
              options: Optional[FinetuneOptions] = None, device: Optional[str | torch.device] = None,
              scene_scale: Optional[float] = None) -> tuple[dict, dict[str, Any]]:
     """Finetune ``splat`` on the training views of ``data`` for ``iterations`` steps (see module).
@@ -195,6 +196,10 @@ def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
         iterations: optimiser steps, >= 0 (0 returns a copy of the splat).
         quantise: optional ``shN [N, K-1, 3] -> shN_q`` applied to the higher SH in the forward
             pass with a straight-through estimator (quantisation-aware training).
+        quantise_all: optional ``{name: tensor} -> {name: tensor}`` over all six parameters (the
+            keys of :func:`splat_to_tensors`, detached): the forward pass renders exactly the
+            returned values (``q + (p - p.detach())``: no float rounding of ``p + (q - p)``), the
+            gradient reaches the float parameters unchanged. Not together with ``quantise``.
         options: :class:`FinetuneOptions` (learning rates, loss weight, background, seed).
         device: torch device (default CUDA when available, else CPU).
         scene_scale: metres; overrides ``data.scene_scale`` (scales the position learning rate).
@@ -211,6 +216,8 @@ def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
     o = options or FinetuneOptions()
     if iterations < 0:
         raise InputError(f"finetune iterations must be >= 0, got {iterations}")
+    if quantise is not None and quantise_all is not None:
+        raise InputError("finetune: give quantise (higher SH only) or quantise_all, not both")
     views = list(data.train) if isinstance(data, SceneData) else list(data)
     scale = scene_scale if scene_scale is not None else getattr(data, "scene_scale", None)
     if not views:
@@ -241,7 +248,12 @@ def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
         shN = params["shN"]
         if quantise is not None and shN.shape[1]:
             shN = straight_through(shN, quantise)
-        pred = render_view(params, v, sh_degree, bg, shN=shN)
+        if quantise_all is not None:
+            with torch.no_grad():
+                qv = quantise_all({k: p.detach() for k, p in params.items()})
+            pred = render_view({k: qv[k] + (params[k] - params[k].detach()) for k in _KEYS}, v, sh_degree, bg)
+        else:
+            pred = render_view(params, v, sh_degree, bg, shN=shN)
         m = _mask(v, dev)
         if m is not None:
             gt = torch.where(m, gt, pred.detach())
@@ -267,11 +279,11 @@ def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
     k = min(10, len(losses))
     log = {"iterations": int(iterations), "device": str(dev), "wall_secs": round(wall, 3),
            "sec_per_iter": round(wall / iterations, 5) if iterations else 0.0,
-           "quantisation_aware": quantise is not None, "warmup_steps": int(warm),
+           "quantisation_aware": quantise is not None or quantise_all is not None, "warmup_steps": int(warm),
            "loss_first": float(np.mean(losses[:k])) if k else None,
            "loss_last": float(np.mean(losses[-k:])) if k else None,
            "history": hist, "nonfinite_grad_steps": int(nonfinite)}
     if iterations:
         _LOG.info("finetune (%s, %s): %d steps in %.1f s, loss %.5f -> %.5f", dev,
-                  "QAT" if quantise is not None else "fp32", iterations, wall, log["loss_first"], log["loss_last"])
+                  "QAT" if log["quantisation_aware"] else "fp32", iterations, wall, log["loss_first"], log["loss_last"])
     return tensors_to_splat(params, sh_degree), log

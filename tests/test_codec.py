@@ -350,7 +350,7 @@ def test_preset_registry_entries() -> None:
     from splatforge_core.codec import PRESETS, Preset
 
     fields = {f.name for f in dataclasses.fields(CodecOptions)}
-    assert list(PRESETS) == ["qat-3dgs", "lossless-zstd", "quantised", "qat-3dgs-bundle", "qat-scaffold"]
+    assert list(PRESETS) == ["qat-3dgs", "lossless-zstd", "quantised", "qat-3dgs-bundle", "qat-3dgs-lowbit", "qat-scaffold"]
     for name, p in PRESETS.items():
         assert isinstance(p, Preset) and p.name == name and callable(p.encode) and callable(p.decode)
         assert set(p.options) <= fields and p.suffix in (".ply", ".sfz") and p.suffix == _ext(name)

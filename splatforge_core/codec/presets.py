@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
-from . import entropy, lossless, qat_bundle, quantised
+from . import entropy, lossless, qat_bundle, qat_lowbit, quantised
 from ..scaffold.layout import validate_anchor_header
 from .container import container_codec, is_container
 from .layout import CODEC_COMMENT, parse_header
@@ -96,6 +96,12 @@ PRESETS: dict[str, Preset] = {
                "a valid PLY",
                qat_bundle.encode_preset, qat_bundle.decode_parts,
                ("sh_bits", "finetune_iters", "finetune_max_side", "keep_required"), qat_bundle.check, needs_bundle=True),
+        Preset(qat_lowbit.PRESET, False, ".sfz",
+               "lossy, needs a bundle: few-bit SH per band + SPZ-like positions/scales/rotations, finetuned on the "
+               "encoder's own grids; .sfz",
+               qat_lowbit.encode_preset, quantised.decode_quantised_parts,
+               ("finetune_iters", "finetune_max_side", "position_bits", "rotation_bits"), quantised.validate_meta,
+               needs_bundle=True),
         Preset("qat-scaffold", True, ".ply",
                "lossless on Scaffold-GS anchor PLYs; constant columns (normals, opacity, rot) move to header comments",
                lossless.encode_scaffold_preset, lossless.decode_ply_parts, ("keep_required",),

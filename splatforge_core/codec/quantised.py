@@ -26,6 +26,10 @@ then almost all zstd at the default level 16 on the SH block (about 12x SPZ's C+
 seconds on a 200k-Gaussian SH3 PLY, 2-7x on real splats). ``zstd_level`` 3 gives the same
 decoded splat as fast as SPZ, 4-9% larger (``benchmarks/results/spz.md``).
 
+The same container with codec ``qat-3dgs-lowbit`` (:data:`LOWBIT_CODEC`, written by
+:mod:`.qat_lowbit`) has one SH bit count per band (``bits["rest"]`` a list, 2..8 each) and
+ranges its encoder chose; this module reads both.
+
 JSON metadata: ``codec`` "quantised", ``codec_version`` 1, ``ply_header`` (source header),
 ``n_vertices``, ``sh_degree``, ``arrays`` ({name: {"block", "dtype", "shape"}}),
 ``ranges`` ({group: [[lo...], [hi...]]}), ``bits``, ``extra_columns`` and ``blocks``.
@@ -53,6 +57,15 @@ log = get_logger("codec")
 PRESET = "quantised"
 CODEC_VERSION = 1
 ROT_BITS = 10
+#: Codec name of the same container with one SH bit count per band and fixed ranges chosen by its
+#: encoder (preset ``qat-3dgs-lowbit``, :mod:`.qat_lowbit`): ``bits["rest"]`` is a list
+#: ``[b_1, ..., b_degree]`` (band l's ``3 (2l + 1)`` columns use ``b_l`` bits, 2..8); everything
+#: else as ``quantised`` v1.
+LOWBIT_CODEC = "qat-3dgs-lowbit"
+#: Codec versions this module reads: ``{codec: version}``.
+CODECS = {PRESET: CODEC_VERSION, LOWBIT_CODEC: 1}
+#: Bits per SH band a ``qat-3dgs-lowbit`` container may use.
+BAND_BITS = range(2, 9)
 
 
 
@@ -65,6 +78,65 @@ def _column_groups(sh_degree: int) -> dict[str, list[str]]:
         "dc": [f"f_dc_{i}" for i in range(3)],
         "rest": [f"f_rest_{i}" for i in range(n_rest)],
     }
+
+def rest_column_bits(rest_bits: int | list[int], sh_degree: int) -> list[int]:
+    """Bits of each ``f_rest_j`` column [3 (K-1)] (channel-major, as the PLY): one count for all, or
+    ``rest_bits[l-1]`` for the coefficients of band l (coefficient k of a channel is in band
+    ``floor(sqrt(k + 1))``)."""
+    k = (sh_degree + 1) ** 2 - 1
+    if isinstance(rest_bits, int):
+        return [rest_bits] * (3 * k)
+    band = [int(math.isqrt(i + 1)) for i in range(k)]
+    return [rest_bits[band[i] - 1] for _ in range(3) for i in range(k)]
+
+
+def _uq_cols(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int | list[int]) -> np.ndarray:
+    """:func:`_uq` with one bit count per column (a list [D]) or for all (an int).
+
+    Per column the same operations in the same order as :func:`_uq` with that column's bits
+    (``levels`` broadcast per column), so the same integers, in one pass. In place in ``x`` when
+    it is a writeable float64 array.
+    """
+    if isinstance(bits, int):
+        return _uq(x, lo, hi, bits)
+    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = x if x.dtype == np.float64 and x.flags.writeable else x.astype(np.float64)
+    np.subtract(q, lo, out=q)
+    np.divide(q, span, out=q)
+    np.multiply(q, levels, out=q)
+    np.rint(q, out=q)
+    np.clip(q, 0, levels, out=q)
+    return q.astype(np.dtype(_uint_str(max(bits, default=8))))
+
+
+def _udq_cols(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int | list[int]) -> np.ndarray:
+    """:func:`_udq` with one bit count per column (a list [D]) or for all (an int): per column
+    ``lo + q / levels * (hi - lo)`` in float64 with that column's levels, rounded to float32
+    (through a [D, 2^8 or 2^16] table for 8- and 16-bit codes, as :func:`_udq`)."""
+    if isinstance(bits, int):
+        return _udq(q, lo, hi, bits)
+    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if q.ndim != 2 or q.dtype.itemsize > 2 or len(q) < 4 * (1 << (8 * q.dtype.itemsize)):
+        return (lo + q.astype(np.float64) / levels * (hi - lo)).astype(np.float32)
+    nv = 1 << (8 * q.dtype.itemsize)
+    table = (lo[:, None] + np.arange(nv, dtype=np.float64)[None, :] / levels[:, None] * (hi - lo)[:, None]).astype(np.float32)
+    flat = q.astype(np.intp) + (np.arange(q.shape[1], dtype=np.intp) * nv)[None, :]
+    return table.reshape(-1)[flat]
+
+
+def opacity_encode(logit: np.ndarray) -> np.ndarray:
+    """Opacity logits [N] -> 8-bit codes [N] uint8 of sigmoid(logit)."""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(logit).astype(np.float64)))
+    return np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)
+
+
+def opacity_decode(code: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`opacity_encode`: codes [N] -> logits [N] float32 (p clipped to 0.5/255..1-0.5/255)."""
+    p = np.clip(code.astype(np.float64) / 255.0, 0.5 / 255, 1 - 0.5 / 255)
+    return np.log(p / (1 - p)).astype(np.float32)
+
 
 def _uq(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     """Uniform quantiser: float64 [N, D] -> integers in [0, 2^bits - 1] (dtype u1/u2/u4).
@@ -224,14 +296,24 @@ def quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, lis
     return meta, blocks
 
 
-def _quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, list, np.ndarray]:
-    """:func:`quantise` plus the Morton order it applied (int64 [N]: stored Gaussian i is source ``order[i]``)."""
+def _quantise(verts: np.ndarray, header: PlyHeader, opts: Any, *, ranges: dict | None = None,
+              rest_bits: list[int] | None = None) -> tuple[dict, list, np.ndarray]:
+    """:func:`quantise` plus the Morton order it applied (int64 [N]: stored Gaussian i is source ``order[i]``).
+
+    ``ranges`` ({group: (lo [D], hi [D])}, float32 values) replaces the min/max ranges of the groups
+    it names and ``rest_bits`` (one count per SH band) the single SH bit count: then the container's
+    codec is :data:`LOWBIT_CODEC` (the encoder of ``qat-3dgs-lowbit``, which trains on these grids).
+    """
     names = list(verts.dtype.names)
     deg = sh_degree_from_names(names)
     n = len(verts)
     g = _column_groups(deg)
     bits = {"pos": opts.position_bits, "scale": 8, "dc": 8, "rest": opts.sh_bits or 4, "opacity": 8,
             "rot": opts.rotation_bits}
+    if rest_bits is not None:
+        if len(rest_bits) != deg or any(not _is_int(b) or b not in BAND_BITS for b in rest_bits):
+            raise InputError(f"{header.path}: SH bits per band {rest_bits!r}: need {deg} integers in 2..8")
+        bits["rest"] = [int(b) for b in rest_bits]
     handled = set(sum(g.values(), [])) | {"opacity", "rot_0", "rot_1", "rot_2", "rot_3"}
     used = [c for c in names if c in handled]
     idx = _f4_index(verts, used)
@@ -242,17 +324,19 @@ def _quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, li
             raise InputError(f"{header.path}: column {c!r} has NaN/Inf values; the quantised preset needs finite "
                              "values (use a lossless preset, which keeps them bit for bit)")
     arrays: dict[str, np.ndarray] = {}
-    ranges: dict[str, list] = {}
+    out_ranges: dict[str, list] = {}
     for k, cols in g.items():
         x = _cols(verts, cols)
-        lo = x.min(0) if n else np.zeros(len(cols))
-        hi = x.max(0) if n else np.zeros(len(cols))
+        if ranges is not None and k in ranges:
+            lo, hi = (np.asarray(r, np.float64).reshape(len(cols)) for r in ranges[k])
+        else:
+            lo = x.min(0) if n else np.zeros(len(cols))
+            hi = x.max(0) if n else np.zeros(len(cols))
         # store the range as float32 so encoder and decoder use identical numbers
         lo, hi = lo.astype(np.float32).astype(np.float64), hi.astype(np.float32).astype(np.float64)
-        ranges[k] = [lo.tolist(), hi.tolist()]
-        arrays[k] = _uq(x, lo, hi, bits[k])
-    p = 1.0 / (1.0 + np.exp(-verts["opacity"].astype(np.float64)))
-    arrays["opacity"] = np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)[:, None]
+        out_ranges[k] = [lo.tolist(), hi.tolist()]
+        arrays[k] = _uq_cols(x, lo, hi, rest_column_bits(bits[k], deg) if k == "rest" else bits[k])
+    arrays["opacity"] = opacity_encode(verts["opacity"])[:, None]
     arrays["rot_index"], arrays["rot"] = _quat_encode(_cols(verts, [f"rot_{i}" for i in range(4)]), bits["rot"])
     arrays["rot_index"] = arrays["rot_index"][:, None]
     order = _morton_order(arrays["pos"], bits["pos"]) if n else np.zeros(0, np.int64)
@@ -268,13 +352,13 @@ def _quantise(verts: np.ndarray, header: PlyHeader, opts: Any) -> tuple[dict, li
             extra.append({"name": c, "constant": None})
             arrays["extra:" + c] = np.ascontiguousarray(verts[c]).view(f"u{ft.itemsize}")[:, None]
     meta = {
-        "codec": PRESET,
-        "codec_version": CODEC_VERSION,
+        "codec": PRESET if rest_bits is None else LOWBIT_CODEC,
+        "codec_version": CODEC_VERSION if rest_bits is None else CODECS[LOWBIT_CODEC],
         "ply_header": header.raw.decode("ascii"),
         "n_vertices": n,
         "sh_degree": deg,
         "bits": bits,
-        "ranges": ranges,
+        "ranges": out_ranges,
         "extra_columns": extra,
         "order": "morton",
         "arrays": {},
@@ -315,8 +399,9 @@ def validate_meta(path: str | os.PathLike, meta: dict) -> PlyHeader:
     def bad(what: str) -> InputError:
         return InputError(f"{path}: {what}; {REENCODE}")
 
-    if meta.get("codec") != PRESET or meta.get("codec_version") != CODEC_VERSION:
-        raise InputError(f"{path}: not a {PRESET} v{CODEC_VERSION} container")
+    codec = meta.get("codec")
+    if codec not in CODECS or meta.get("codec_version") != CODECS[codec]:
+        raise InputError(f"{path}: not a {PRESET} v{CODEC_VERSION} or {LOWBIT_CODEC} v{CODECS[LOWBIT_CODEC]} container")
     hdr = stored_header(path, meta)
     if len(hdr.elements) != 1:
         raise bad("quantised containers hold only the vertex element")
@@ -341,7 +426,11 @@ def validate_meta(path: str | os.PathLike, meta: dict) -> PlyHeader:
     if not isinstance(bits, dict) or set(bits) != set(ALLOWED_BITS):
         raise bad(f"bits {bits!r} must name exactly the groups {sorted(ALLOWED_BITS)}")
     for k, allowed in ALLOWED_BITS.items():
-        if not _is_int(bits[k]) or bits[k] not in allowed:
+        if k == "rest" and codec == LOWBIT_CODEC:
+            b = bits[k]
+            if not isinstance(b, list) or len(b) != deg or any(not _is_int(x) or x not in BAND_BITS for x in b):
+                raise bad(f"bits['rest'] = {b!r} is not {deg} per-band bit counts in {BAND_BITS.start}..{BAND_BITS.stop - 1}")
+        elif not _is_int(bits[k]) or bits[k] not in allowed:
             raise bad(f"bits[{k!r}] = {bits[k]!r} is not in {allowed.start}..{allowed.stop - 1}")
     ranges = meta.get("ranges")
     if not isinstance(ranges, dict) or set(ranges) != set(groups):
@@ -359,7 +448,7 @@ def validate_meta(path: str | os.PathLike, meta: dict) -> PlyHeader:
     if not isinstance(extra, list) or [e.get("name") if isinstance(e, dict) else None for e in extra] != others:
         raise bad(f"extra_columns do not list the stored header's other columns {others[:5]}")
     expect = {"pos": (_uint_str(bits["pos"]), 3), "scale": (_uint_str(8), 3), "dc": (_uint_str(8), 3),
-              "rest": (_uint_str(bits["rest"]), len(groups["rest"])), "opacity": (_uint_str(8), 1),
+              "rest": (_uint_str(max(rest_column_bits(bits["rest"], deg), default=8)), len(groups["rest"])), "opacity": (_uint_str(8), 1),
               "rot_index": (_uint_str(8), 1), "rot": (_uint_str(bits["rot"]), 3)}
     for e in extra:
         ft = dt.fields[e["name"]][0]
@@ -407,9 +496,9 @@ def dequantise(meta: dict, blocks: list[bytes], path: str = "") -> tuple[PlyHead
     groups = _column_groups(deg)
     for k, cols in groups.items():
         lo, hi = (np.asarray(r, np.float64) for r in meta["ranges"][k])
-        _set_cols(out, cols, _udq(arr[k], lo, hi, meta["bits"][k]))
-    p = np.clip(arr["opacity"][:, 0].astype(np.float64) / 255.0, 0.5 / 255, 1 - 0.5 / 255)
-    out["opacity"] = np.log(p / (1 - p)).astype(np.float32)
+        b = rest_column_bits(meta["bits"][k], deg) if k == "rest" else meta["bits"][k]
+        _set_cols(out, cols, _udq_cols(arr[k], lo, hi, b))
+    out["opacity"] = opacity_decode(arr["opacity"][:, 0])
     q = _quat_decode(arr["rot_index"][:, 0], arr["rot"], meta["bits"]["rot"])
     for i in range(4):
         out[f"rot_{i}"] = q[:, i]

@@ -18,7 +18,9 @@ scene folder, every other preset the PLY), the bench
    over views) and SSIM (:func:`splatforge_core.metrics.ssim`, mean over views).
 
 SPZ (Niantic's format, written and read back through :func:`splatforge_core.formats.write_any`
-/ :func:`~splatforge_core.formats.read_any`, i.e. PlayCanvas splat-transform) is one more row.
+/ :func:`~splatforge_core.formats.read_any`, i.e. PlayCanvas splat-transform) is one more row;
+with ``spz_build`` (a build folder of nianticlabs/spz with ``ply_to_spz`` / ``spz_to_ply``, see
+``benchmarks/bench_spz.py``) also Niantic's own C++ encoder and decoder (row ``spz (C++)``).
 The table (:func:`to_markdown`) has: scene, preset, Gaussians, size in/out (MB, 1e6 bytes; "in"
 is the scene's PLY), save %, delta PSNR/SSIM (decoded minus input, on the same held-out views),
 the absolute held-out PSNR of the input and the output, encode and finetune seconds. A lossless
@@ -199,9 +201,43 @@ def run_spz(scene: Scene, splat: dict, views: list, q_in: tuple[float, float], t
     return row
 
 
+def read_spz_cpp_ply(path: Path) -> dict:
+    """The PLY that SPZ's ``spz_to_ply`` writes, as a splat dict. Its opacity of a Gaussian stored
+    with alpha 255 is +inf (the logit of 1); it becomes 30, whose float32 sigmoid is 1.0 as well."""
+    import plyfile
+
+    from .qat_lowbit import read_splat_ply_records
+
+    sp = read_splat_ply_records(plyfile.PlyData.read(str(path))["vertex"].data)
+    sp["opacities"] = np.clip(np.nan_to_num(sp["opacities"], nan=0.0), -30.0, 30.0)
+    return sp
+
+
+def run_spz_cpp(scene: Scene, views: list, q_in: tuple[float, float], tmp: Path, build: Path) -> dict[str, Any]:
+    """The ``spz (C++)`` row: Niantic's ``ply_to_spz`` on the scene's PLY (timed), ``spz_to_ply`` back."""
+    import subprocess
+
+    out, back = tmp / "cpp.spz", tmp / "cpp_back.ply"
+    name = SPZ + " (C++)"
+    try:
+        t, c = time.perf_counter(), cpu_seconds()
+        subprocess.run([str(build / "ply_to_spz"), str(scene.ply), str(out)], check=True, capture_output=True)
+        enc, cpu = time.perf_counter() - t, cpu_seconds() - c
+        subprocess.run([str(build / "spz_to_ply"), str(out), str(back)], check=True, capture_output=True)
+        dec = read_spz_cpp_ply(back)
+    except (OSError, subprocess.CalledProcessError) as e:
+        log.warning("%s / %s: %s", scene.name, name, e)
+        return _row(scene, name, 0, None, q_in, None, None, None, "failed: " + " ".join(str(e).split()))
+    row = _row(scene, name, len(dec["means"]), out.stat().st_size, q_in, heldout_quality(dec, views), enc, None,
+               encode_cpu_s=cpu)
+    out.unlink()
+    back.unlink()
+    return row
+
+
 def bench(scenes: Iterable[Scene], presets: Optional[list[str]] = None, spz: bool = True, max_side: int = 256,
           max_views: int = 0, options: Optional[dict[str, dict]] = None,
-          on_row: Optional[Callable[[dict], None]] = None) -> list[dict[str, Any]]:
+          on_row: Optional[Callable[[dict], None]] = None, spz_build: Optional[Path] = None) -> list[dict[str, Any]]:
     """Rows of the SplatBench table (one per scene x preset, plus SPZ when ``spz``).
 
     Args:
@@ -212,6 +248,7 @@ def bench(scenes: Iterable[Scene], presets: Optional[list[str]] = None, spz: boo
         max_views: at most this many held-out views per scene (evenly spaced; 0: all).
         options: per-preset option dicts (default :data:`DEFAULT_OPTIONS`).
         on_row: called with each row as it is done (progress, partial tables).
+        spz_build: SPZ's C++ build folder: add the ``spz (C++)`` row (:func:`run_spz_cpp`).
 
     Raises:
         InputError: an unknown preset name, or a scene without held-out views.
@@ -241,6 +278,10 @@ def bench(scenes: Iterable[Scene], presets: Optional[list[str]] = None, spz: boo
                     on_row(rows[-1])
             if spz:
                 rows.append(run_spz(sc, splat, views, q_in, tmp))
+                if on_row:
+                    on_row(rows[-1])
+            if spz_build is not None:
+                rows.append(run_spz_cpp(sc, views, q_in, tmp, Path(spz_build)))
                 if on_row:
                     on_row(rows[-1])
         finally:
@@ -310,6 +351,8 @@ def cli(argv: list[str] | None = None) -> int:
                     help="Inria-layout folders (point_cloud.ply, cameras.json, images/)")
     ap.add_argument("--presets", nargs="+", default=None, help=f"default: all ({', '.join(PRESETS)})")
     ap.add_argument("--no-spz", action="store_true", help="leave out the SPZ row")
+    ap.add_argument("--spz-build", type=Path, default=None, metavar="DIR",
+                    help="nianticlabs/spz build folder (ply_to_spz, spz_to_ply): add a row for SPZ's own C++ encoder")
     ap.add_argument("--max-side", type=int, default=256, help="held-out image size, longer side in pixels (256)")
     ap.add_argument("--max-views", type=int, default=0, help="at most this many held-out views per scene (0: all)")
     ap.add_argument("--option", action="append", default=[], metavar="PRESET.KEY=VALUE", help="a preset option")
@@ -334,7 +377,8 @@ def cli(argv: list[str] | None = None) -> int:
         with atomic_path(a.out.with_suffix(".json")) as tmp:
             Path(tmp).write_text(json.dumps(rows, indent=1, default=str))
 
-    bench(scenes, a.presets, spz=not a.no_spz, max_side=a.max_side, max_views=a.max_views, options=opts, on_row=write)
+    bench(scenes, a.presets, spz=not a.no_spz, max_side=a.max_side, max_views=a.max_views, options=opts, on_row=write,
+          spz_build=a.spz_build)
     write()
     print(to_markdown(rows))
     return 0

@@ -9,6 +9,8 @@ Presets (registry ``PRESETS`` in :mod:`.presets`: name -> encoder, decoder, loss
 * ``quantised`` (:mod:`.quantised`): lossy ``.sfz`` container in the spirit of SPZ.
 * ``qat-scaffold`` (:mod:`.lossless` on a Scaffold-GS anchor PLY): lossless PLY, the constant
   normals / opacity / rot columns of the anchors move into header comments.
+* ``qat-bundle`` (:mod:`.scaffold_bundle`): a Scaffold-GS bundle in, an anchor PLY with int8
+  features after a quantisation-aware finetune out.
 
 Every lossless encoder decodes its own output in-process and compares it bit for bit with
 the source before the output is renamed into place (:func:`splatforge_core.io.atomic_path`);
@@ -177,7 +179,8 @@ def main(
                              "`splatforge bundle SCENE_OR_WORKDIR out.tar.gz`")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.bundle.", suffix=".tmp") as work:
-            bundle = open_bundle(in_ply, work, max_bytes=opts.bundle_max_bytes, max_unpacked=opts.bundle_max_unpacked)
+            bundle = open_bundle(in_ply, work, max_bytes=opts.bundle_max_bytes, max_unpacked=opts.bundle_max_unpacked,
+                                 kind=spec.bundle_kind)
             header = bundle.header
             data = map_file(bundle.ply)
             res, extra = spec.encode(bundle.ply, out_path, opts, header=header, data=data, bundle=bundle)

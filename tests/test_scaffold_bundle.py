@@ -324,3 +324,26 @@ def test_re_signed_bad_metadata_is_refused(encoded, tmp_path, what):
         decompress(p, tmp_path / "d.ply")
     with pytest.raises(InputError):
         info(p)
+
+
+# --------------------------------------------------------------------------- SplatBench
+
+
+def test_splatbench_rows_of_a_scaffold_scene(encoded, tmp_path):
+    from splatforge_core.codec.splatbench import bench, open_scene
+
+    scene, _, _, _ = encoded
+    flat = tmp_path / "flat"
+    shutil.copytree(scene / "images", flat / "images")
+    for f in ("cameras.json", "cfg_args"):
+        shutil.copy(scene / f, flat / f)
+    for f in (scene / "point_cloud" / "iteration_30").iterdir():
+        shutil.copy(f, flat / f.name)
+    sc = open_scene(f"syn={flat}")
+    assert sc.kind == "scaffold"
+    rows = bench([sc], ["qat-scaffold", "qat-bundle"], max_side=32, options={"qat-bundle": {"finetune_iters": 2}})
+    assert [r["preset"] for r in rows] == ["qat-scaffold", "qat-bundle"]  # no SPZ row for a Scaffold scene
+    lossless_row, qat = rows
+    assert lossless_row["status"] == "ok" and lossless_row["delta_psnr_db"] == 0.0 and lossless_row["save_pct"] > 5
+    assert qat["status"] == "ok" and qat["gaussians"] == N and qat["psnr_in_db"] > 40 and qat["finetune_s"] > 0
+    assert qat["save_pct"] > 20 and "four_way" in qat["report"]

@@ -62,9 +62,9 @@ class CodecOptions:
         bytes (default 1 GB; :func:`.bundle.open_bundle`).
     bundle_max_unpacked: presets that take a bundle: cap on its members' total unpacked size in
         bytes (default 16 GiB).
-    finetune_iters: qat-3dgs-bundle: finetune steps, 0..100000 (default None: 5000 on CUDA,
+    finetune_iters: qat-3dgs-bundle and qat-bundle: finetune steps, 0..100000 (default None: 5000 on CUDA,
         40 on CPU, the configuration measured in benchmarks/results/qat.md).
-    finetune_max_side: qat-3dgs-bundle: longer image side of the finetune and the held-out
+    finetune_max_side: qat-3dgs-bundle and qat-bundle: longer image side of the finetune and the held-out
         evaluation in pixels, 16..16384 (default None: the bundle images' own resolution; a
         lower one finetunes the splat for that resolution and loses PSNR at its own, see qat_bundle).
     """

@@ -772,6 +772,7 @@ def encode_folder(model, data, ply: Path, out_path: str | os.PathLike, opts: Any
         "train_wall_secs": round(log_c["wall_secs"], 2),
         "fp32_finetune_wall_secs": round(log_d["wall_secs"], 2),
         "constant_strip_bitexact": True,  # lossless.encode_ply raises instead of returning otherwise
+        "sh_degree": None,  # an anchor PLY has no SH columns (colours come from the colour MLP)
         "n_anchors": a.n, "feat_dim": cfg.feat_dim, "n_offsets": cfg.n_offsets,
         "finetune_resolution": res_px,
         "finetune_device": str(dev),

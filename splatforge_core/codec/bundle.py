@@ -119,6 +119,8 @@ class Bundle:
             deg: Optional[int] = sh_degree_from_names(names)
         except InputError:
             deg = None
+        if self.kind == "scaffold":
+            deg = None  # anchors: colours come from the colour MLP
         sizes = sorted({(c.width, c.height) for c in self.cameras})
         extra = {} if self.model is None else {"kind": self.kind, "feat_dim": self.model.config.feat_dim,
                                                 "n_offsets": self.model.config.n_offsets}

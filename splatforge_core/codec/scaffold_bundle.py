@@ -37,7 +37,9 @@ What the finetune trains: the anchor parameters the PLY stores and the reference
 scene scale, the end of the reference's schedule) and ``scale_*`` (0.007). The anchor positions
 stay (the reference never moves them) and so do the MLPs: the output is the anchor PLY alone
 and decodes to a model with the bundle's own MLPs. Loss ``0.8 L1 + 0.2 (1 - SSIM)`` as
-:mod:`splatforge_core.finetune`, learning rates warmed up over the first half of the run.
+:mod:`splatforge_core.finetune`, learning rates warmed up over the first half of the run. A model
+with an appearance embedding is rendered with its row 0 in the finetune and the evaluation alike
+(a held-out view has no row of its own; Splat Forge's trainer uses none).
 
 Quantiser, per feature channel ``j`` (column ``f_anchor_feat_j``), 8 bits, one of:
 
@@ -439,7 +441,7 @@ def finetune_anchors(model, data, iterations: int, *, quantise: Optional[Callabl
         v = views[i]
         feat = params["anchor_feat"] if quantise is None else straight_through(params["anchor_feat"], quantise)
         cur = {"anchor": t["anchor"], "offset": params["offset"], "anchor_feat": feat, "scaling": params["scaling"]}
-        pred = _render(cur, mlps, model.config, v, bg, camera_index=i)[None]
+        pred = _render(cur, mlps, model.config, v, bg)[None]
         gt = _gt(v, dev)
         m = _mask(v, dev)
         if m is not None:

@@ -9,7 +9,9 @@ post-hoc quantisation of ``f_anchor_feat`` alone costs on the held-out views (ev
 * ``per-channel 8-bit`` with the zero point where it measures better (what ``qat-bundle`` stores);
 * ``per-channel b-bit symmetric`` for b = 8, 6, 4, 3, 2 (``s_j = max |x_j| / (2^(b-1) - 1)``);
 * ``per-tensor 8-bit symmetric`` (one scale for all F channels);
-* ``int8 cast without a scale`` (``clip(round(x), -128, 127)``: the feature values rounded to integers).
+* ``int8 cast without a scale`` (``clip(round(x), -128, 127)``: the feature values rounded to integers);
+* ``int8 codes used without dequantisation`` (the per-channel 8-bit codes read back as the features,
+  i.e. a decoder that forgets the scale).
 
 It also decodes a ``qat-bundle`` output (``--encoded``), loads it with the bundle's MLPs
 (:func:`splatforge_core.scaffold.layout.load_scaffold`) and scores it on the same views.
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("bundle")
     ap.add_argument("--encoded", default=None, help="a qat-bundle output of this bundle to decode and score")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="only the variants whose names contain one of these")
     a = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as work:
@@ -63,6 +66,9 @@ def main(argv=None) -> int:
             variants[f"per-channel {bits}-bit symmetric"] = _sym(x, bits, 0)
         variants["per-tensor 8-bit symmetric"] = _sym(x, 8, None)
         variants["int8 cast without a scale"] = np.clip(np.rint(x), -128, 127).astype(np.float32)
+        variants["int8 codes used without dequantisation"] = sb.quantised_anchors(model.anchors, zp)[1].astype(np.float32)
+        if a.only:
+            variants = {k: v for k, v in variants.items() if any(o in k for o in a.only)}
         rows = []
         for name, feat in variants.items():
             t = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import shutil
 import tarfile
@@ -234,6 +235,22 @@ def _3dgs_ply(tmp: Path) -> bytes:
     return (tmp / "s.ply").read_bytes()
 
 
+class _Payload:
+    """Unpickling it creates the folder ``path`` (a stand-in for code a pickle could run)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _pickle_pt(d: Path) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"weight": _Payload(d / "pwned")}, buf)  # a torch.save zip (pickle inside), not TorchScript
+    return buf.getvalue()
+
+
 HOSTILE = {
     "path_traversal": (lambda m, d: _tar(m, extra=("../escape.txt",)), r"\.\./escape\.txt"),
     "missing_mlp": (lambda m, d: _tar(_without(m, "cov_mlp.pt")), r"cov_mlp\.pt: missing"),
@@ -242,6 +259,8 @@ HOSTILE = {
     "corrupted_pt_truncated": (lambda m, d: _tar({**m, "color_mlp.pt": m["color_mlp.pt"][: len(m["color_mlp.pt"]) // 2]}),
                                r"color_mlp\.pt: not a TorchScript module"),
     "mlp_of_another_model": (lambda m, d: _tar({**m, "color_mlp.pt": m["cov_mlp.pt"]}), r"color_mlp\.pt: output is"),
+    "pickle_not_torchscript": (lambda m, d: _tar({**m, "opacity_mlp.pt": _pickle_pt(d)}),
+                               r"opacity_mlp\.pt: not a TorchScript module"),
     "missing_cfg_args": (lambda m, d: _tar(_without(m, "cfg_args")), r"cfg_args: missing"),
     "cfg_args_with_code": (lambda m, d: _tar({**m, "cfg_args": b"__import__('os').system('true')"}), r"cfg_args"),
     "cfg_args_other_feat_dim": (lambda m, d: _tar({**m, "cfg_args": m["cfg_args"].replace(b"feat_dim=8", b"feat_dim=16")}),
@@ -267,6 +286,7 @@ def test_hostile_scaffold_bundle_refused_naming_the_member(packed, tmp_path, cas
     msg = str(ei.value)
     assert str(p) in msg and "\n" not in msg and str(tmp_path / "work") not in msg
     assert sorted(x.name for x in (tmp_path / "work").iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "pwned").exists()  # the pickle inside a torch.save file was never run
 
 
 @pytest.mark.hostile(cls="bundle", expect="clear_error")

@@ -195,7 +195,7 @@ def _layout_root(bundle: Path, top: Path) -> Path:
                 "a bundle needs point_cloud.ply, cameras.json and images/ (make one with `splatforge bundle`)")
 
 
-def _find_ply(bundle: Path, root: Path, top: Path) -> Path:
+def _find_ply(bundle: Path, root: Path, top: Path, what: str = "the 3DGS splat") -> Path:
     """``root/point_cloud.ply`` or the trainer's ``point_cloud/iteration_N/point_cloud.ply``, highest N."""
     p = root / "point_cloud.ply"
     if p.is_file():
@@ -211,7 +211,7 @@ def _find_ply(bundle: Path, root: Path, top: Path) -> Path:
     rel = _rel(root, top)
     prefix = "" if rel == "." else rel + "/"
     raise _fail(bundle, f"{prefix}point_cloud.ply", "missing (nor point_cloud/iteration_N/point_cloud.ply)",
-                "add the 3DGS splat as point_cloud.ply beside cameras.json")
+                f"add {what} as point_cloud.ply beside cameras.json")
 
 
 def _check_ply(bundle: Path, ply: Path, top: Path) -> PlyHeader:
@@ -326,7 +326,7 @@ def _validate(src: Path, top: Path, kind: str = "3dgs") -> Bundle:
     if len(cams) < MIN_IMAGES:
         raise _fail(src, f"{prefix}images/", f"{len(cams)} images, at least {MIN_IMAGES} needed (every 8th frame is "
                     "held out for evaluation, the rest is trained on)", "add images (with their cameras)")
-    ply = _find_ply(src, root, top)
+    ply = _find_ply(src, root, top, *(["the Scaffold-GS anchor PLY (with its MLPs and cfg_args)"] if kind == "scaffold" else []))
     if kind == "auto":
         kind = "scaffold" if _is_scaffold_ply(ply) else "3dgs"
     model = None

@@ -205,6 +205,28 @@ def test_cli_check_reports_a_scaffold_bundle(packed, capsys):
     assert got["kind"] == "scaffold" and got["n_offsets"] == K
 
 
+@pytest.mark.slow
+def test_bundle_rule_packs_the_scaffold_model_for_qat_bundle(packed, tmp_path):
+    """rule bundle (scripts/bundle.py) with compress.preset qat-bundle packs work/{scene}/splat/scaffold."""
+    import subprocess
+    import sys
+
+    wd0, scaffold, _ = packed
+    wd = tmp_path / "work" / "scene"
+    shutil.copytree(wd0, wd)
+    (wd / "splat").mkdir()
+    (wd / "splat" / "splat.ply").write_bytes(_3dgs_ply(tmp_path))  # the baked PLY train.model: scaffold also writes
+    (wd / "splat" / "metrics.json").write_text(json.dumps({"resolution": {"max_side": 40}}))
+    shutil.copytree(scaffold, wd / "splat" / "scaffold")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
+                        "--allowed-rules", "bundle", "--forcerun", "bundle", "--config", "compress={preset: qat-bundle}",
+                        "--", "work/scene/bundle.tar"], capture_output=True, text=True, timeout=600, cwd=repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = open_bundle(wd / "bundle.tar", tmp_path / "check", kind="auto")
+    assert b.kind == "scaffold" and b.model.anchors.n == N and {(c.width, c.height) for c in b.cameras} == {(40, 27)}
+
+
 def _members(tar: Path) -> dict[str, bytes]:
     with tarfile.open(tar) as t:
         return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}

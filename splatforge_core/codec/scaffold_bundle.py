@@ -205,10 +205,13 @@ def scaffold_members(scaffold_dir: str | os.PathLike) -> list[tuple[Path, str]]:
     bundle's cameras are the scene's, matching its images).
 
     Raises:
-        InputError naming the file: no anchor PLY, no or a bad ``cfg_args``, a PLY that is not
+        InputError naming the file: no such folder, no anchor PLY, no or a bad ``cfg_args``, a PLY that is not
         the anchor layout of ``cfg_args``, a missing MLP.
     """
     root = Path(scaffold_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: no Scaffold-GS output folder; the qat-bundle preset needs a model trained with "
+                         "train.model: scaffold (workflow) or a Scaffold-GS output folder (splatforge bundle --scaffold DIR)")
     it = iteration_dir(root)
     cfg_path = _find_cfg_args(root, it)
     if cfg_path is None:

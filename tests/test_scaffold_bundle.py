@@ -113,7 +113,7 @@ def test_output_is_a_valid_anchor_ply_with_char_features(encoded):
     v = plyfile.PlyData.read(str(out))["vertex"]
     assert v.data.dtype["f_anchor_feat_0"] == np.int8 and v.data.dtype["f_offset_0"] == np.float32
     assert "nx" not in v.data.dtype.names and "opacity" not in v.data.dtype.names and len(v.data) == N
-    assert info(out)["codec"] == sb.PRESET
+    assert info(out)["codec"] == sb.PRESET and info(out)["sh_degree"] is None
 
 
 def test_decode_is_bit_exact_loads_in_the_renderer_and_is_what_was_evaluated(encoded, tmp_path):

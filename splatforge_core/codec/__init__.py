@@ -315,7 +315,8 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
     try:
         names = [p.name for p in hdr.element("vertex").properties] + consts
         out["n_vertices"] = hdr.element("vertex").count
-        out["sh_degree"] = sh_degree_from_names(names)
+        # a Scaffold-GS anchor PLY has no SH (its colours come from the colour MLP)
+        out["sh_degree"] = None if any(n.startswith("f_anchor_feat_") for n in names) else sh_degree_from_names(names)
     except InputError as e:
         out["sh_degree"] = None
         out["layout_problem"] = str(e)

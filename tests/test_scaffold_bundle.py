@@ -42,22 +42,22 @@ ITERS = 3
 F, K, N = 8, 4, 60
 
 
-def _model(seed: int = 0) -> ScaffoldModel:
+def _model(seed: int = 0, **cfg_kw) -> ScaffoldModel:
     torch.manual_seed(seed)
     r = np.random.default_rng(seed)
-    cfg = ScaffoldConfig(feat_dim=F, n_offsets=K, appearance_dim=0)
+    cfg = ScaffoldConfig(feat_dim=F, n_offsets=K, **{"appearance_dim": 0, **cfg_kw})
     feat = r.normal(size=(N, F)).astype(np.float32)
     feat[:, 1] = np.abs(feat[:, 1]) + 2.0  # one channel far from zero: the zero-point grid wins there
     a = Anchors((0.5 * r.normal(size=(N, 3))).astype(np.float32), r.normal(size=(N, K, 3)).astype(np.float32), feat,
                 np.full((N, 1), -2.197, np.float32), np.log(r.uniform(0.05, 0.2, size=(N, 6))).astype(np.float32),
                 np.tile(np.array([1, 0, 0, 0], np.float32), (N, 1)))
-    return ScaffoldModel(cfg, a, build_mlps(cfg))
+    return ScaffoldModel(cfg, a, build_mlps(cfg, n_cameras=4))
 
 
-def make_scaffold_scene(root: Path, n_views: int = 9, size: int = 32, seed: int = 0) -> ScaffoldModel:
+def make_scaffold_scene(root: Path, n_views: int = 9, size: int = 32, seed: int = 0, **cfg_kw) -> ScaffoldModel:
     """The trainer's output layout (point_cloud/iteration_30/, cfg_args) + images/ and cameras.json
     rendered from the model on a ring at 3.5 m; view i is frame f{i:03d}."""
-    model = _model(seed)
+    model = _model(seed, **cfg_kw)
     fl = size / 2 / math.tan(math.radians(30))
     Km = np.array([[fl, 0, size / 2], [0, fl, size / 2], [0, 0, 1]], np.float32)
     views = []
@@ -167,6 +167,19 @@ def test_qat_finetune_lowers_the_loss_of_a_perturbed_model(encoded):
     _, flog = sb.finetune_anchors(pm, data, 12, quantise=sb.fake_quant_torch(zp), device="cpu",
                                   options=sb.AnchorFinetuneOptions(warmup_steps=0, feat_lr=0.02))
     assert flog["quantisation_aware"] and flog["loss_last"] < flog["loss_first"]
+
+
+def test_a_model_with_appearance_embedding_and_feature_bank(tmp_path):
+    """The optional reference MLPs (embedding_appearance.pt, feature_bank_mlp.pt) are validated, loaded and used."""
+    scene = tmp_path / "scene"
+    make_scaffold_scene(scene, appearance_dim=3, use_feat_bank=True, add_color_dist=True)
+    it = scene / "point_cloud" / "iteration_30"
+    assert (it / "embedding_appearance.pt").is_file() and (it / "feature_bank_mlp.pt").is_file()
+    rep = main(scene, tmp_path / "o.ply", None, sb.PRESET, {"finetune_iters": 2})
+    assert rep["status"] == "ok" and rep["four_way"]["input"]["psnr"] > 45
+    (it / "feature_bank_mlp.pt").unlink()
+    with pytest.raises(InputError, match=r"feature_bank_mlp\.pt: missing"):
+        main(scene, tmp_path / "o2.ply", None, sb.PRESET, {"finetune_iters": 2})
 
 
 # --------------------------------------------------------------------------- packing and validation

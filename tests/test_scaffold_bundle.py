@@ -363,13 +363,16 @@ def test_edited_output_fails_its_checksum(encoded, tmp_path):
 
 
 @pytest.mark.hostile(cls="codec", expect="clear_error")
-@pytest.mark.parametrize("what", ["zero_point_out_of_range", "scale_not_hex", "bits"])
+@pytest.mark.parametrize("what", ["zero_point_out_of_range", "scale_not_hex", "bits", "code_beyond_symmetric_grid"])
 def test_re_signed_bad_metadata_is_refused(encoded, tmp_path, what):
     _, out, _, _ = encoded
     head = out.read_bytes()[:out.read_bytes().index(b"end_header")]
     line = re.search(rb"comment splatforge_feat_scale f_anchor_feat_0 ([0-9a-f]{8}) (-?\d+)", head)
     if what == "zero_point_out_of_range":
         old, new = line.group(0), line.group(0)[: line.start(2) - line.start(0)] + b"300"
+    elif what == "code_beyond_symmetric_grid":  # zero point set to 0: the channel's code -128 is out of range
+        assert int(line.group(2)) != 0 and sb._stored(out)[1]["f_anchor_feat_0"].min() == -128
+        old, new = line.group(0), line.group(0)[: line.start(2) - line.start(0)] + b"0"
     elif what == "scale_not_hex":
         old, new = line.group(0), line.group(0).replace(line.group(1), b"zzzzzzzz")
     else:

@@ -13,6 +13,11 @@ post-hoc quantisation of ``f_anchor_feat`` alone costs on the held-out views (ev
 * ``int8 codes used without dequantisation`` (the per-channel 8-bit codes read back as the features,
   i.e. a decoder that forgets the scale).
 
+With ``--finetune N`` it also runs the QAT and the fp32 finetunes of ``qat-bundle`` (N steps each,
+:func:`splatforge_core.codec.scaffold_bundle.finetune_anchors`) and scores each finetuned model's
+float features and their per-channel 8-bit quantisation (so "fp32 finetune, then post-hoc int8" is
+measured beside QAT).
+
 It also decodes a ``qat-bundle`` output (``--encoded``), loads it with the bundle's MLPs
 (:func:`splatforge_core.scaffold.layout.load_scaffold`) and scores it on the same views.
 
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--encoded", default=None, help="a qat-bundle output of this bundle to decode and score")
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", nargs="+", default=None, help="only the variants whose names contain one of these")
+    ap.add_argument("--finetune", type=int, default=0, help="also finetune N steps (QAT and fp32) and score both, "
+                    "with and without quantisation")
     a = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as work:
@@ -76,6 +83,17 @@ def main(argv=None) -> int:
             rows.append({"variant": name, "psnr": round(ev["psnr"], 4), "ssim": round(ev["ssim"], 5),
                          "feat_rms_error": float(np.sqrt(np.mean((feat - x) ** 2))), "secs": round(time.perf_counter() - t, 1)})
             print(json.dumps(rows[-1]), flush=True)
+        fine = []
+        if a.finetune:
+            data = load_views(b.root, b.cameras, eval_every_n=8, images_dir=b.images_dir)
+            for name, quant in (("QAT", sb.fake_quant_torch(zp)), ("fp32", None)):
+                anchors, flog = sb.finetune_anchors(model, data, a.finetune, quantise=quant, device="cpu")
+                for label, an in ((f"{name} finetune, float features", anchors),
+                                  (f"{name} finetune, per-channel 8-bit", sb.quantised_anchors(anchors, zp)[0])):
+                    ev = sb.evaluate_anchors(model, an, views, device="cpu")
+                    fine.append({"variant": label, "steps": a.finetune, "psnr": round(ev["psnr"], 4),
+                                 "ssim": round(ev["ssim"], 5), "loss_last": flog["loss_last"], "wall_secs": flog["wall_secs"]})
+                    print(json.dumps(fine[-1]), flush=True)
         dec = None
         if a.encoded:
             d = Path(work) / "dec"
@@ -90,7 +108,7 @@ def main(argv=None) -> int:
             print(json.dumps(dec), flush=True)
     res = {"bundle": a.bundle, "n_anchors": int(model.anchors.n), "feat_dim": int(x.shape[1]), "n_views": len(views),
            "feat_abs_max": float(np.abs(x).max()), "feat_abs_median": float(np.median(np.abs(x))),
-           "channel_range_median": float(np.median(np.ptp(x, axis=0))), "mse": mse, "rows": rows, "decoded": dec,
+           "channel_range_median": float(np.median(np.ptp(x, axis=0))), "mse": mse, "rows": rows, "finetune": fine, "decoded": dec,
            "load": [load0, os.getloadavg()[0]]}
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))

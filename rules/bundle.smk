@@ -21,6 +21,8 @@ rule bundle:
     params:
         workdir=lambda wildcards, input: os.path.dirname(input.views),
         max_side=bundle_fallback_max_side,
+        # qat-bundle: the Scaffold-GS model of train.model: scaffold instead of the baked 3DGS splat
+        scaffold=bundle_scaffold_dir,
     # pack_scene on the demo: 52 s and 480 MB peak at 512 px (above); it holds every undistorted
     # view in memory (load_scene), like train.
     threads: 1

@@ -174,6 +174,18 @@ def preset_needs_bundle(scene):
     return bool(preset is not None and preset.needs_bundle)
 
 
+def bundle_scaffold_dir(wildcards):
+    """work/{scene}/splat/scaffold (the Scaffold-GS model that train.model: scaffold writes) when the
+    scene's compress.preset takes a Scaffold-GS bundle (qat-bundle: codec Preset.bundle_kind), else ''
+    (the 3DGS splat is packed)."""
+    from splatforge_core.codec.presets import PRESETS
+
+    preset = PRESETS.get(stage_options(wildcards.scene, "compress").get("preset", "qat-3dgs"))
+    if preset is None or getattr(preset, "bundle_kind", "3dgs") != "scaffold":
+        return ""
+    return W("splat/scaffold").format(scene=wildcards.scene)
+
+
 def bundle_fallback_max_side(wildcards):
     """Longer image side of the bundle when the splat's metrics.json does not say what the trainer
     used (a merged splat of a clustered scene): the train options' size for the device it ran on."""

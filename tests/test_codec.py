@@ -21,7 +21,7 @@ LOSSLESS = ["qat-3dgs", "lossless-zstd"]
 
 
 def _ext(preset: str) -> str:
-    return ".ply" if preset in ("qat-3dgs", "qat-3dgs-bundle", "qat-scaffold") else ".sfz"
+    return ".ply" if preset in ("qat-3dgs", "qat-3dgs-bundle", "qat-scaffold", "qat-bundle") else ".sfz"
 
 
 def _roundtrip(tmp_path: Path, src: Path, preset: str, options: dict | None = None) -> dict:
@@ -350,7 +350,8 @@ def test_preset_registry_entries() -> None:
     from splatforge_core.codec import PRESETS, Preset
 
     fields = {f.name for f in dataclasses.fields(CodecOptions)}
-    assert list(PRESETS) == ["qat-3dgs", "lossless-zstd", "quantised", "qat-3dgs-bundle", "qat-3dgs-lowbit", "qat-scaffold"]
+    assert list(PRESETS) == ["qat-3dgs", "lossless-zstd", "quantised", "qat-3dgs-bundle", "qat-3dgs-lowbit", "qat-scaffold",
+                            "qat-bundle"]
     for name, p in PRESETS.items():
         assert isinstance(p, Preset) and p.name == name and callable(p.encode) and callable(p.decode)
         assert set(p.options) <= fields and p.suffix in (".ply", ".sfz") and p.suffix == _ext(name)

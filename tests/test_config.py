@@ -152,7 +152,7 @@ def test_every_codec_preset_is_accepted(preset):
 def test_unknown_or_planned_preset_is_rejected():
     with pytest.raises(ConfigError, match=r"^config section compress: option 'preset': unknown preset 'qat-int9'\. "
                                           r"Available presets: qat-3dgs, lossless-zstd, quantised, qat-3dgs-bundle, "
-                                          r"qat-3dgs-lowbit, qat-scaffold$"):
+                                          r"qat-3dgs-lowbit, qat-scaffold, qat-bundle$"):
         validate_config(with_value(base(), "compress", {"preset": "qat-int9"}))
     with pytest.raises(ConfigError, match=r"^config section scenes\.s\.compress: option 'preset': preset 'qat-int8' "
                                           r"is not implemented yet"):

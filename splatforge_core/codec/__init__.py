@@ -9,6 +9,8 @@ Presets (registry ``PRESETS`` in :mod:`.presets`: name -> encoder, decoder, loss
 * ``quantised`` (:mod:`.quantised`): lossy ``.sfz`` container in the spirit of SPZ.
 * ``qat-scaffold`` (:mod:`.lossless` on a Scaffold-GS anchor PLY): lossless PLY, the constant
   normals / opacity / rot columns of the anchors move into header comments.
+* ``qat-bundle`` (:mod:`.scaffold_bundle`): a Scaffold-GS bundle in, an anchor PLY with int8
+  features after a quantisation-aware finetune out.
 
 Every lossless encoder decodes its own output in-process and compares it bit for bit with
 the source before the output is renamed into place (:func:`splatforge_core.io.atomic_path`);
@@ -60,9 +62,9 @@ class CodecOptions:
         bytes (default 1 GB; :func:`.bundle.open_bundle`).
     bundle_max_unpacked: presets that take a bundle: cap on its members' total unpacked size in
         bytes (default 16 GiB).
-    finetune_iters: qat-3dgs-bundle: finetune steps, 0..100000 (default None: 5000 on CUDA,
+    finetune_iters: qat-3dgs-bundle and qat-bundle: finetune steps, 0..100000 (default None: 5000 on CUDA,
         40 on CPU, the configuration measured in benchmarks/results/qat.md).
-    finetune_max_side: qat-3dgs-bundle: longer image side of the finetune and the held-out
+    finetune_max_side: qat-3dgs-bundle and qat-bundle: longer image side of the finetune and the held-out
         evaluation in pixels, 16..16384 (default None: the bundle images' own resolution; a
         lower one finetunes the splat for that resolution and loses PSNR at its own, see qat_bundle).
     """
@@ -177,7 +179,8 @@ def main(
                              "`splatforge bundle SCENE_OR_WORKDIR out.tar.gz`")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.bundle.", suffix=".tmp") as work:
-            bundle = open_bundle(in_ply, work, max_bytes=opts.bundle_max_bytes, max_unpacked=opts.bundle_max_unpacked)
+            bundle = open_bundle(in_ply, work, max_bytes=opts.bundle_max_bytes, max_unpacked=opts.bundle_max_unpacked,
+                                 kind=spec.bundle_kind)
             header = bundle.header
             data = map_file(bundle.ply)
             res, extra = spec.encode(bundle.ply, out_path, opts, header=header, data=data, bundle=bundle)
@@ -312,7 +315,8 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
     try:
         names = [p.name for p in hdr.element("vertex").properties] + consts
         out["n_vertices"] = hdr.element("vertex").count
-        out["sh_degree"] = sh_degree_from_names(names)
+        # a Scaffold-GS anchor PLY has no SH (its colours come from the colour MLP)
+        out["sh_degree"] = None if any(n.startswith("f_anchor_feat_") for n in names) else sh_degree_from_names(names)
     except InputError as e:
         out["sh_degree"] = None
         out["layout_problem"] = str(e)

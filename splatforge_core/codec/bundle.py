@@ -28,6 +28,10 @@ folder (``output/<run>/``) is accepted too: without ``point_cloud.ply`` at the r
 7. the PLY: found, a 3DGS vertex layout (a Scaffold-GS anchor PLY is refused with a pointer to
    the Scaffold presets, issue #15), a body as long as its header says.
 
+A Scaffold-GS bundle (``kind="scaffold"``, preset ``qat-bundle``) holds the anchor
+``point_cloud.ply`` with the model's TorchScript MLPs beside it and ``cfg_args``; step 7 checks
+those instead and then loads the MLPs (:mod:`.scaffold_bundle`, which documents its layout).
+
 :func:`pack_scene` writes a bundle of a Splat Forge scene (``splatforge bundle``; rule ``bundle``).
 """
 
@@ -86,6 +90,9 @@ class Bundle:
         sparse_dir: ``sparse/0`` when present, else None.
         header: the PLY's parsed header.
         top: the extraction folder (or the given folder): what member names are relative to.
+        kind: ``"3dgs"`` or ``"scaffold"`` (:mod:`.scaffold_bundle`).
+        model: a Scaffold-GS bundle's loaded model (:class:`splatforge_core.scaffold.layout.ScaffoldModel`,
+            its MLPs loaded after every other check passed); None for a 3DGS bundle.
     """
 
     source: Path
@@ -96,6 +103,8 @@ class Bundle:
     sparse_dir: Optional[Path]
     header: PlyHeader
     top: Path
+    kind: str = "3dgs"
+    model: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def image_path(self, cam: InriaCamera) -> Path:
         """The image file of ``cam`` (present: :func:`open_bundle` checked it)."""
@@ -110,8 +119,13 @@ class Bundle:
             deg: Optional[int] = sh_degree_from_names(names)
         except InputError:
             deg = None
+        if self.kind == "scaffold":
+            deg = None  # anchors: colours come from the colour MLP
         sizes = sorted({(c.width, c.height) for c in self.cameras})
+        extra = {} if self.model is None else {"kind": self.kind, "feat_dim": self.model.config.feat_dim,
+                                                "n_offsets": self.model.config.n_offsets}
         return {
+            **extra,
             "bundle": str(self.source),
             "ply": _rel(self.ply, self.top),
             "n_gaussians": self.header.element("vertex").count,
@@ -181,7 +195,7 @@ def _layout_root(bundle: Path, top: Path) -> Path:
                 "a bundle needs point_cloud.ply, cameras.json and images/ (make one with `splatforge bundle`)")
 
 
-def _find_ply(bundle: Path, root: Path, top: Path) -> Path:
+def _find_ply(bundle: Path, root: Path, top: Path, what: str = "the 3DGS splat") -> Path:
     """``root/point_cloud.ply`` or the trainer's ``point_cloud/iteration_N/point_cloud.ply``, highest N."""
     p = root / "point_cloud.ply"
     if p.is_file():
@@ -197,7 +211,7 @@ def _find_ply(bundle: Path, root: Path, top: Path) -> Path:
     rel = _rel(root, top)
     prefix = "" if rel == "." else rel + "/"
     raise _fail(bundle, f"{prefix}point_cloud.ply", "missing (nor point_cloud/iteration_N/point_cloud.ply)",
-                "add the 3DGS splat as point_cloud.ply beside cameras.json")
+                f"add {what} as point_cloud.ply beside cameras.json")
 
 
 def _check_ply(bundle: Path, ply: Path, top: Path) -> PlyHeader:
@@ -212,7 +226,8 @@ def _check_ply(bundle: Path, ply: Path, top: Path) -> PlyHeader:
         raise _fail(bundle, member, _strip(str(e), ply, top), "the bundle's splat must be a 3DGS PLY") from None
     if any(n.startswith(("f_anchor_feat", "f_offset")) for n in names):
         raise _fail(bundle, member, "a Scaffold-GS anchor PLY (f_anchor_feat_*/f_offset_* columns), not a 3DGS splat",
-                    "Scaffold-GS splats need the Scaffold presets (issue #15), not a 3DGS bundle preset")
+                    "Scaffold-GS splats need the Scaffold presets (issue #15), not a 3DGS bundle preset: use the "
+                    "'qat-bundle' preset")
     try:
         validate_3dgs(header)
     except InputError as e:
@@ -228,7 +243,8 @@ def _check_ply(bundle: Path, ply: Path, top: Path) -> PlyHeader:
 
 
 def open_bundle(path: str | os.PathLike, work_dir: str | os.PathLike, *, max_bytes: int = MAX_BUNDLE_BYTES,
-                max_members: int = MAX_BUNDLE_MEMBERS, max_unpacked: int = MAX_UNPACKED_BYTES) -> Bundle:
+                max_members: int = MAX_BUNDLE_MEMBERS, max_unpacked: int = MAX_UNPACKED_BYTES,
+                kind: str = "3dgs") -> Bundle:
     """Validate a bundle (see the module docstring for the layout and the order of checks).
 
     Args:
@@ -240,6 +256,9 @@ def open_bundle(path: str | os.PathLike, work_dir: str | os.PathLike, *, max_byt
         max_bytes: cap on the archive's size on disk, bytes (1 GB).
         max_members: cap on the archive's member count.
         max_unpacked: cap on the archive members' total size, bytes (16 GiB).
+        kind: ``"3dgs"`` (a 3DGS splat), ``"scaffold"`` (a Scaffold-GS model,
+            :func:`.scaffold_bundle.check_scaffold_members`) or ``"auto"`` (whichever the PLY's
+            columns say).
 
     Returns:
         the validated :class:`Bundle`.
@@ -249,6 +268,8 @@ def open_bundle(path: str | os.PathLike, work_dir: str | os.PathLike, *, max_byt
         DiskFullError: the disk filled up during extraction.
     """
     src = Path(path)
+    if kind not in ("3dgs", "scaffold", "auto"):
+        raise ValueError(f"open_bundle: kind must be '3dgs', 'scaffold' or 'auto', got {kind!r}")
     if not src.exists():
         raise InputError(f"bundle {src}: no such file or folder")
     if src.is_dir():
@@ -269,14 +290,22 @@ def open_bundle(path: str | os.PathLike, work_dir: str | os.PathLike, *, max_byt
         except ArchiveError as e:
             raise InputError(f"bundle {e}; {_ARCHIVE_ADVICE.get(e.kind, _ARCHIVE_ADVICE['unsafe'])}") from None
     try:
-        return _validate(src, top)
+        return _validate(src, top, kind)
     except BaseException:
         if top != src:
             shutil.rmtree(top, ignore_errors=True)
         raise
 
 
-def _validate(src: Path, top: Path) -> Bundle:
+def _is_scaffold_ply(ply: Path) -> bool:
+    try:
+        names = [p.name for p in parse_header(ply).element("vertex").properties]
+    except InputError:
+        return False  # the kind's own check names the problem
+    return any(n.startswith("f_anchor_feat") for n in names)
+
+
+def _validate(src: Path, top: Path, kind: str = "3dgs") -> Bundle:
     root = _layout_root(src, top)
     prefix = "" if root == top else root.name + "/"
     try:
@@ -297,10 +326,18 @@ def _validate(src: Path, top: Path) -> Bundle:
     if len(cams) < MIN_IMAGES:
         raise _fail(src, f"{prefix}images/", f"{len(cams)} images, at least {MIN_IMAGES} needed (every 8th frame is "
                     "held out for evaluation, the rest is trained on)", "add images (with their cameras)")
-    ply = _find_ply(src, root, top)
-    header = _check_ply(src, ply, top)
+    ply = _find_ply(src, root, top, *(["the Scaffold-GS anchor PLY (with its MLPs and cfg_args)"] if kind == "scaffold" else []))
+    if kind == "auto":
+        kind = "scaffold" if _is_scaffold_ply(ply) else "3dgs"
+    model = None
+    if kind == "scaffold":
+        from .scaffold_bundle import check_scaffold_members
+
+        header, model = check_scaffold_members(src, root, ply, top)
+    else:
+        header = _check_ply(src, ply, top)
     sparse = root / "sparse" / "0"
-    b = Bundle(src, root, ply, cams, images, sparse if sparse.is_dir() else None, header, top)
+    b = Bundle(src, root, ply, cams, images, sparse if sparse.is_dir() else None, header, top, kind, model)
     log.info("bundle %s: %d cameras, %d Gaussians in %s", src, len(cams), header.element("vertex").count, _rel(ply, top))
     return b
 
@@ -414,7 +451,8 @@ def _tarinfo_clean(ti: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike, *, max_side: Optional[int] = None,
-               with_sparse: bool = True, work_root: str | os.PathLike = "work", gzip_level: int = 6) -> dict[str, Any]:
+               with_sparse: bool = True, work_root: str | os.PathLike = "work", gzip_level: int = 6,
+               scaffold: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Pack a Splat Forge scene into a bundle (the layout of the module docstring, files at the root).
 
     ``point_cloud.ply`` is ``<workdir>/splat/splat.ply``; ``images/`` + ``cameras.json`` are the
@@ -432,9 +470,14 @@ def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike,
         with_sparse: add ``sparse/0``.
         work_root: where scene names are looked up.
         gzip_level: gzip level of a ``.tar.gz`` (1..9).
+        scaffold: a Scaffold-GS output folder (the reference layout,
+            :func:`splatforge_core.scaffold.layout.iteration_dir`) trained on this scene: its
+            model files (:func:`.scaffold_bundle.scaffold_members`) replace the 3DGS splat, for
+            the ``qat-bundle`` preset. The images and cameras are the scene's as above.
 
     Returns:
-        summary dict: bundle, workdir, n_images, n_frames, size_bytes, sparse.
+        summary dict: bundle, workdir, n_images, n_frames, size_bytes, sparse (and ``kind``
+        ``"scaffold"`` with ``scaffold``).
 
     Raises:
         InputError: no work folder, no splat, a splat that is not 3DGS, an unreadable model or
@@ -445,11 +488,17 @@ def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike,
     mode = _archive_mode(out)
     if mode is None:
         raise InputError(f"{out}: a bundle is written as .tar, .tar.gz or .tgz")
-    splat = wd / "splat" / "splat.ply"
-    if not splat.is_file():
-        raise InputError(f"{splat}: the scene has no trained splat; run the workflow up to training first "
-                         f"(snakemake {splat})")
-    validate_3dgs(parse_header(splat))
+    if scaffold is not None:
+        from .scaffold_bundle import scaffold_members
+
+        model_files = scaffold_members(scaffold)
+    else:
+        splat = wd / "splat" / "splat.ply"
+        if not splat.is_file():
+            raise InputError(f"{splat}: the scene has no trained splat; run the workflow up to training first "
+                             f"(snakemake {splat})")
+        validate_3dgs(parse_header(splat))
+        model_files = [(splat, "point_cloud.ply")]
     aligned = wd / "aligned"
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries([out], patterns=[work_dir_pattern(out, "stage")])  # a killed run's
@@ -462,7 +511,8 @@ def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike,
         kw = {"compresslevel": gzip_level} if wmode == "w:gz" else {}
         with atomic_path(out) as tmp:
             with tarfile.open(tmp, wmode, **kw) as tar:
-                tar.add(splat, "point_cloud.ply", filter=_tarinfo_clean)
+                for f, name in model_files:
+                    tar.add(f, name, filter=_tarinfo_clean)
                 tar.add(Path(stage) / "cameras.json", "cameras.json", filter=_tarinfo_clean)
                 for c in cams:
                     tar.add(Path(stage) / "images" / f"{c.img_name}.png", f"images/{c.img_name}.png",
@@ -474,6 +524,6 @@ def pack_scene(scene_or_workdir: str | os.PathLike, out_path: str | os.PathLike,
                         tar.add(f, f"sparse/0/{f.name}", filter=_tarinfo_clean)
     summary = {"bundle": str(out), "workdir": str(wd), "n_images": len(cams),
                "n_frames": len({c.frame or c.img_name for c in cams}), "size_bytes": out.stat().st_size,
-               "sparse": bool(sparse)}
+               "sparse": bool(sparse), **({"kind": "scaffold", "scaffold": str(scaffold)} if scaffold is not None else {})}
     log.info("bundle %s: %d images of %s, %.1f MB", out, len(cams), wd, summary["size_bytes"] / 1e6)
     return summary

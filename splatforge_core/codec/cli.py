@@ -86,7 +86,7 @@ def cli_info(argv: list[str]) -> int:
 
 
 def cli_bundle(argv: list[str]) -> int:
-    """``splatforge bundle SCENE_OR_WORKDIR OUT [--max-side N] [--no-sparse]`` packs a scene into a
+    """``splatforge bundle SCENE_OR_WORKDIR OUT [--max-side N] [--no-sparse] [--scaffold DIR]`` packs a scene into a
     bundle; ``splatforge bundle --check BUNDLE`` validates one (nothing left behind) and prints a
     summary. Both print JSON; errors propagate as SplatForgeError (exit code 1, one line)."""
     import tempfile
@@ -105,7 +105,10 @@ def cli_bundle(argv: list[str]) -> int:
     ap.add_argument("--max-side", type=int, default=None, help="longer image side in pixels (default: keep)")
     ap.add_argument("--no-sparse", action="store_true", help="leave out sparse/0 (the aligned COLMAP model)")
     ap.add_argument("--work-root", default="work", help="where scene names are looked up (default: work)")
-    ap.add_argument("--check", metavar="BUNDLE", help="only validate BUNDLE and print a summary")
+    ap.add_argument("--scaffold", metavar="DIR", default=None,
+                    help="pack this Scaffold-GS output folder (trained on the scene) instead of the 3DGS splat, for the "
+                         "qat-bundle preset")
+    ap.add_argument("--check", metavar="BUNDLE", help="only validate BUNDLE (3DGS or Scaffold-GS) and print a summary")
     ap.add_argument("--max-bytes", type=int, default=MAX_BUNDLE_BYTES,
                     help=f"--check: cap on the archive's size in bytes (default {MAX_BUNDLE_BYTES})")
     ap.add_argument("--work-dir", default=None,
@@ -115,7 +118,7 @@ def cli_bundle(argv: list[str]) -> int:
         if a.source or a.output:
             ap.error("--check takes the bundle only")
         with tempfile.TemporaryDirectory(prefix="splatforge-bundle-check-", dir=a.work_dir) as work:
-            summary = open_bundle(a.check, work, max_bytes=a.max_bytes).summary()
+            summary = open_bundle(a.check, work, max_bytes=a.max_bytes, kind="auto").summary()
         print(json.dumps({"status": "ok", **summary}, indent=2))
         return 0
     if not (a.source and a.output):
@@ -123,5 +126,5 @@ def cli_bundle(argv: list[str]) -> int:
     if a.max_side is not None and a.max_side < 16:
         ap.error("--max-side must be at least 16")
     print(json.dumps(pack_scene(a.source, a.output, max_side=a.max_side, with_sparse=not a.no_sparse,
-                                work_root=a.work_root), indent=2))
+                                work_root=a.work_root, scaffold=a.scaffold), indent=2))
     return 0

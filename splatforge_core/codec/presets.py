@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ..errors import InputError
 from . import entropy, lossless, qat_bundle, qat_lowbit, quantised
+from . import scaffold_bundle
 from ..scaffold.layout import validate_anchor_header
 from .container import container_codec, is_container
 from .layout import CODEC_COMMENT, parse_header
@@ -57,6 +58,8 @@ class Preset:
         validate: ``validate(header)`` checks the input's layout before encoding (raises
             :class:`InputError` naming the file); None: the 3DGS layout
             (:func:`.layout.validate_3dgs`).
+        bundle_kind: what a bundle preset's bundle holds, ``"3dgs"`` or ``"scaffold"``
+            (:func:`.bundle.open_bundle`'s ``kind``).
     """
 
     name: str
@@ -69,6 +72,7 @@ class Preset:
     check: Callable[..., Any] | None = None
     needs_bundle: bool = False
     validate: Callable[..., Any] | None = None
+    bundle_kind: str = "3dgs"
 
     @property
     def container(self) -> bool:
@@ -106,13 +110,18 @@ PRESETS: dict[str, Preset] = {
                "lossless on Scaffold-GS anchor PLYs; constant columns (normals, opacity, rot) move to header comments",
                lossless.encode_scaffold_preset, lossless.decode_ply_parts, ("keep_required",),
                validate=validate_anchor_header),
+        Preset(scaffold_bundle.PRESET, False, ".ply",
+               "lossy, needs a Scaffold-GS bundle (anchor PLY + MLPs + cfg_args + cameras + images): int8 anchor "
+               "features after a quantisation-aware finetune; a valid anchor PLY",
+               scaffold_bundle.encode_preset, scaffold_bundle.decode_parts,
+               ("finetune_iters", "finetune_max_side", "keep_required"), scaffold_bundle.check, needs_bundle=True,
+               bundle_kind="scaffold"),
     )
 }
 
 #: Presets named in the roadmap but not implemented yet (rejected with this reason).
 PLANNED: dict[str, str] = {
     "qat-int8": "int8 quantisation-aware finetuning is the preset qat-3dgs-bundle (it needs a bundle: splat + cameras + images)",
-    "qat-bundle": "the Scaffold-GS QAT bundle with int8 anchor features (a later step of issue #15)",
 }
 
 #: PLY-output presets are told apart by the ``splatforge_codec`` comment of the header; the first

@@ -25,6 +25,13 @@ The table (:func:`to_markdown`) has: scene, preset, Gaussians, size in/out (MB, 
 is the scene's PLY), save %, delta PSNR/SSIM (decoded minus input, on the same held-out views),
 the absolute held-out PSNR of the input and the output, encode and finetune seconds. A lossless
 preset decodes to the identical splat, so its deltas are exactly 0.
+
+A Scaffold-GS scene (issue #15) is a folder in the Scaffold bundle layout
+(:mod:`.scaffold_bundle`: anchor ``point_cloud.ply``, the MLPs, ``cfg_args``, ``cameras.json``,
+``images/``), recognised by its anchor columns; it is validated as a bundle, its input and each
+decoded anchor PLY are rendered with the bundle's MLPs (:func:`scaffold_heldout_quality`), its
+"Gaussians" column counts anchors, and it has no SPZ row (SPZ stores 3DGS splats). The 3DGS
+presets refuse its PLY (failed rows): bench it with ``--presets qat-scaffold qat-bundle``.
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ class Scene:
     name: str
     root: Path
     ply: Path
+    kind: str = "3dgs"
 
 
 def open_scene(spec: str | os.PathLike) -> Scene:
@@ -89,7 +97,10 @@ def open_scene(spec: str | os.PathLike) -> Scene:
         if not (root / f).is_file():
             raise InputError(f"{root / f}: missing; a SplatBench scene needs point_cloud.ply, cameras.json and images/ "
                              "(write one with splatforge_core.inria.write_dataset)")
-    return Scene(name or root.resolve().name, root, root / "point_cloud.ply")
+    from .bundle import _is_scaffold_ply
+
+    kind = "scaffold" if _is_scaffold_ply(root / "point_cloud.ply") else "3dgs"
+    return Scene(name or root.resolve().name, root, root / "point_cloud.ply", kind)
 
 
 def heldout_quality(splat: dict, views: list) -> tuple[float, float]:
@@ -124,6 +135,35 @@ def heldout_quality(splat: dict, views: list) -> tuple[float, float]:
     return float(np.mean(ps)), float(np.mean(ss))
 
 
+def scaffold_heldout_quality(model, anchors, views: list) -> tuple[float, float]:
+    """:func:`heldout_quality` of a Scaffold-GS model: ``anchors`` with ``model``'s MLPs and config
+    (:func:`splatforge_core.scaffold.render.render_model`, black background, appearance row 0),
+    rendered to 8 bits as the 3DGS rows are.
+
+    Raises:
+        InputError: no views.
+    """
+    import dataclasses
+
+    import torch
+
+    from ..metrics import ssim
+    from ..scaffold.render import render_model
+
+    if not views:
+        raise InputError("no held-out views: the scene needs at least 8 cameras (every 8th frame is held out)")
+    m = dataclasses.replace(model, anchors=anchors)
+    ps, ss = [], []
+    for v in views:
+        img = (render_model(m, v.viewmat, v.K, v.width, v.height) * 255.0 + 0.5).astype(np.uint8)
+        mse = float(np.mean((img.astype(np.float64) - v.image.astype(np.float64)) ** 2))
+        ps.append(float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse))
+        with torch.no_grad():
+            ss.append(float(ssim(torch.from_numpy(img.astype(np.float32) / 255.0)[None],
+                                 torch.from_numpy(v.image.astype(np.float32) / 255.0)[None])))
+    return float(np.mean(ps)), float(np.mean(ss))
+
+
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process (all threads) and of its finished children (node for SPZ)."""
     import resource
@@ -149,8 +189,10 @@ def _row(scene: Scene, preset: str, n: int, size_out: Optional[int], q_in, q_out
 
 
 def run_preset(scene: Scene, preset: str, views: list, q_in: tuple[float, float], n: int, tmp: Path,
-               options: Optional[dict] = None) -> dict[str, Any]:
+               options: Optional[dict] = None, measure: Optional[Callable] = None) -> dict[str, Any]:
     """One table row: encode ``scene`` with ``preset``, decode, measure on ``views`` against ``q_in``.
+
+    ``measure(decoded_path) -> (count, (psnr, ssim))`` (default: a 3DGS splat, :func:`heldout_quality`).
 
     A :class:`SplatForgeError` of the preset (e.g. a preset that refuses this scene) gives a row
     with ``status`` "failed: <message>" instead of stopping the bench.
@@ -168,12 +210,15 @@ def run_preset(scene: Scene, preset: str, views: list, q_in: tuple[float, float]
         wall, cpu = time.perf_counter() - t, cpu_seconds() - c
         finetune = float(rep.get("train_wall_secs") or 0.0)
         decompress(out, back)
-        dec = read_splat_ply(back)
+        if measure is None:
+            dec = read_splat_ply(back)
+            n_out, q_out = len(dec["means"]), heldout_quality(dec, views)
+        else:
+            n_out, q_out = measure(back)
     except SplatForgeError as e:
         log.warning("%s / %s: %s", scene.name, preset, e)
         return _row(scene, preset, n, None, q_in, None, None, None, "failed: " + " ".join(str(e).split()))
-    q_out = heldout_quality(dec, views)
-    row = _row(scene, preset, len(dec["means"]), out.stat().st_size, q_in, q_out, wall - finetune,
+    row = _row(scene, preset, n_out, out.stat().st_size, q_in, q_out, wall - finetune,
                finetune if "train_wall_secs" in rep else None,
                encode_cpu_s=None if "train_wall_secs" in rep else cpu)  # a finetune's CPU time is not separable
     row["report"] = {k: v for k, v in rep.items() if k.startswith(REPORT_PREFIXES) and v is not None and not isinstance(v, str)}
@@ -267,16 +312,31 @@ def bench(scenes: Iterable[Scene], presets: Optional[list[str]] = None, spz: boo
         views = data.test
         if max_views and len(views) > max_views:
             views = [views[i] for i in np.linspace(0, len(views) - 1, max_views).round().astype(int)]
-        splat = read_splat_ply(sc.ply)
-        log.info("%s: %d Gaussians, %d held-out views", sc.name, len(splat["means"]), len(views))
-        q_in = heldout_quality(splat, views)
         tmp = Path(tempfile.mkdtemp(prefix="splatbench-"))
+        measure = None
         try:
+            if sc.kind == "scaffold":
+                from ..scaffold.layout import read_anchor_ply
+                from .bundle import open_bundle
+
+                model = open_bundle(sc.root, tmp, kind="scaffold").model  # validated before its MLPs run
+                n = model.anchors.n
+                q_in = scaffold_heldout_quality(model, model.anchors, views)
+                cfg = model.config
+
+                def measure(p, model=model, cfg=cfg, views=views):
+                    a = read_anchor_ply(p, cfg.feat_dim, cfg.n_offsets)
+                    return a.n, scaffold_heldout_quality(model, a, views)
+            else:
+                splat = read_splat_ply(sc.ply)
+                n = len(splat["means"])
+                q_in = heldout_quality(splat, views)
+            log.info("%s: %d %s, %d held-out views", sc.name, n, "anchors" if measure else "Gaussians", len(views))
             for p in names:
-                rows.append(run_preset(sc, p, views, q_in, len(splat["means"]), tmp, options.get(p)))
+                rows.append(run_preset(sc, p, views, q_in, n, tmp, options.get(p), measure))
                 if on_row:
                     on_row(rows[-1])
-            if spz:
+            if spz and sc.kind != "scaffold":
                 rows.append(run_spz(sc, splat, views, q_in, tmp))
                 if on_row:
                     on_row(rows[-1])

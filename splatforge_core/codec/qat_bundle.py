@@ -190,15 +190,16 @@ def float_ply_parts(values: dict[str, np.ndarray], names: list[str], comments: t
     return [("\n".join(head) + "\n").encode("ascii"), rec]
 
 
-def _checksum_line(hdr: PlyHeader) -> tuple[int, int, str]:
-    """(offset, length, digest) of the checksum line; checks the codec marker (clear errors naming the file)."""
+def _checksum_line(hdr: PlyHeader, preset: str = PRESET, version: int = FORMAT_VERSION) -> tuple[int, int, str]:
+    """(offset, length, digest) of the checksum line; checks the codec marker ``preset version`` (clear errors
+    naming the file). Shared by the int8 PLY presets (this one and ``qat-bundle``)."""
     path = hdr.path
     markers = [c.split() for c in hdr.comments if c.split()[:1] == [CODEC_COMMENT]]
     if not markers:
-        raise InputError(f"{path}: not a file written by the {PRESET} preset (no '{CODEC_COMMENT}' comment)")
-    if len(markers) != 1 or markers[0][1:] != [PRESET, str(FORMAT_VERSION)]:
-        raise InputError(f"{path}: unsupported codec marker {' '.join(markers[0])!r} (this reader: {PRESET} "
-                         f"{FORMAT_VERSION}); {REENCODE}")
+        raise InputError(f"{path}: not a file written by the {preset} preset (no '{CODEC_COMMENT}' comment)")
+    if len(markers) != 1 or markers[0][1:] != [preset, str(version)]:
+        raise InputError(f"{path}: unsupported codec marker {' '.join(markers[0])!r} (this reader: {preset} "
+                         f"{version}); {REENCODE}")
     found, off = [], 0
     for line in hdr.lines:
         tok = line.split()
@@ -212,11 +213,12 @@ def _checksum_line(hdr: PlyHeader) -> tuple[int, int, str]:
     return found[0]
 
 
-def sign(data: bytes, path: str | os.PathLike) -> bytes:
-    """``data`` (a whole file with one checksum line) with that line's digest filled in
-    (SHA-256 of the file without the line, as :func:`.lossless.verify_checksum` checks it)."""
+def sign(data: bytes, path: str | os.PathLike, preset: str = PRESET, version: int = FORMAT_VERSION) -> bytes:
+    """``data`` (a whole file with one checksum line and the codec marker ``preset version``) with that
+    line's digest filled in (SHA-256 of the file without the line, as :func:`.lossless.verify_checksum`
+    checks it)."""
     hdr = parse_header(str(path), raw=data[: data.index(b"end_header") + len(b"end_header\n")])
-    off, ln, _ = _checksum_line(hdr)
+    off, ln, _ = _checksum_line(hdr, preset, version)
     h = hashlib.sha256(data[:off] + data[off + ln:]).hexdigest().encode()
     line = data[off: off + ln]
     new = line[: line.rindex(b" ") + 1] + h + (b"\r\n" if line.endswith(b"\r\n") else b"\n")

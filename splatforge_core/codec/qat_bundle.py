@@ -283,21 +283,25 @@ def read_quant_meta(hdr: PlyHeader) -> tuple[int, dict[str, np.float32]]:
     return bits, scales
 
 
-def _stored(path: str | os.PathLike) -> tuple[PlyHeader, np.ndarray]:
-    """Checksum-verified stored header (constant strip undone) and its records [N]."""
+def _stored(path: str | os.PathLike, preset: str = PRESET, version: int = FORMAT_VERSION,
+            lossless_marker: bytes = _LOSSLESS_MARKER) -> tuple[PlyHeader, np.ndarray]:
+    """Checksum-verified stored header (constant strip undone) and its records [N], for a file of the int8
+    PLY preset ``preset version`` whose constant strip is written as ``lossless_marker`` (this preset and
+    ``qat-bundle``)."""
+    marker = f"comment {CODEC_COMMENT} {preset} {version}".encode()
     hdr = parse_header(path)
     data = map_file(path)
-    off, ln, want = _checksum_line(hdr)
+    off, ln, want = _checksum_line(hdr, preset, version)
     if len(data) < hdr.size or lossless.file_digest(data, off, ln) != want:
         raise corrupt(path)
-    if _MARKER not in hdr.raw:
+    if marker not in hdr.raw:
         raise corrupt(path, "codec marker line is not in canonical form")
-    hdr2 = parse_header(str(path), raw=hdr.raw.replace(_MARKER, _LOSSLESS_MARKER, 1))
+    hdr2 = parse_header(str(path), raw=hdr.raw.replace(marker, lossless_marker, 1))
     orig_raw, consts = lossless.restore_header(hdr2)
     body = read_body(hdr, data)
     inner = parse_header(str(path), raw=orig_raw)
     if inner.fmt != "binary_little_endian" or len(inner.elements) != 1:
-        raise InputError(f"{path}: a {PRESET} file has one little-endian 'vertex' element; {REENCODE}")
+        raise InputError(f"{path}: a {preset} file has one little-endian 'vertex' element; {REENCODE}")
     parts = lossless.assemble(inner, body, {n: (t, h) for n, t, h in consts})
     return inner, parts[2]
 

@@ -92,8 +92,8 @@ from ..log import get_logger
 from ..scaffold.layout import (APPEARANCE_FILE, FEATURE_BANK_FILE, MAX_MLP_BYTES, MLP_FILES, Anchors, anchor_property_names,
                                config_from_cfg, iteration_dir, read_cfg_args, validate_anchor_header)
 from . import lossless, qat_bundle
-from .container import REENCODE, corrupt
-from .layout import CODEC_COMMENT, PLY_TYPES, PlyHeader, bits_hex, map_file, parse_header, read_body
+from .container import REENCODE
+from .layout import CODEC_COMMENT, PLY_TYPES, PlyHeader, bits_hex, parse_header
 
 log = get_logger("codec")
 
@@ -574,21 +574,7 @@ def read_quant_meta(hdr: PlyHeader) -> tuple[np.ndarray, np.ndarray]:
 
 def _stored(path) -> tuple[PlyHeader, np.ndarray]:
     """Checksum-verified stored header (constant strip undone) and its records [N]."""
-    hdr = parse_header(path)
-    data = map_file(path)
-    off, ln, want = _checksum_line(hdr)
-    if len(data) < hdr.size or lossless.file_digest(data, off, ln) != want:
-        raise corrupt(path)
-    if _MARKER not in hdr.raw:
-        raise corrupt(path, "codec marker line is not in canonical form")
-    hdr2 = parse_header(str(path), raw=hdr.raw.replace(_MARKER, _LOSSLESS_MARKER, 1))
-    orig_raw, consts = lossless.restore_header(hdr2)
-    body = read_body(hdr, data)
-    inner = parse_header(str(path), raw=orig_raw)
-    if inner.fmt != "binary_little_endian" or len(inner.elements) != 1:
-        raise InputError(f"{path}: a {PRESET} file has one little-endian 'vertex' element; {REENCODE}")
-    parts = lossless.assemble(inner, body, {n: (t, h) for n, t, h in consts})
-    return inner, parts[2]
+    return qat_bundle._stored(path, PRESET, FORMAT_VERSION, _LOSSLESS_MARKER)
 
 
 def _decoded(path, inner: PlyHeader, recs: np.ndarray) -> dict[str, np.ndarray]:

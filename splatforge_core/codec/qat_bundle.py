@@ -371,15 +371,27 @@ def write_stored(splat: dict, q: np.ndarray, s: np.ndarray, bits: int, out_path:
     deq = dequantise_columns(q, s)
     for j in range(q.shape[1]):
         want[f"f_rest_{j}"] = deq[:, j]
+    write_checked(data, out_path, list(rec.dtype.names), want, decode_parts, PRESET)
+    return lossless.EncodeResult(n, res.constants, res.constant_values, 0, len(data))
+
+
+def write_checked(data: bytes, out_path: str | os.PathLike, names: list[str], want: dict[str, np.ndarray],
+                  decode: Callable, preset: str) -> None:
+    """Write ``data`` to ``out_path`` through a temporary file and move it into place only if
+    ``decode(tmp)[1]`` (records [N]) has the columns ``names`` and reproduces ``want`` (float32 [N] per
+    column) bit for bit. Shared by the int8 PLY presets (this one and ``qat-bundle``).
+
+    Raises:
+        lossless.RoundTripError: the decode differs (the temporary file is deleted).
+    """
     with atomic_path(out_path) as tmp:
         Path(tmp).write_bytes(data)
-        got = decode_parts(tmp)[1]
-        ok = list(got.dtype.names) == list(rec.dtype.names) and all(
+        got = decode(tmp)[1]
+        ok = list(got.dtype.names) == list(names) and all(
             np.array_equal(got[nm].view(np.uint32), want[nm].view(np.uint32)) for nm in got.dtype.names)
         if not ok:
-            raise lossless.RoundTripError(f"{out_path}: self-check failed: decoding the {PRESET} output did not "
+            raise lossless.RoundTripError(f"{out_path}: self-check failed: decoding the {preset} output did not "
                                           "reproduce the dequantised values bit for bit; the output was deleted")
-    return lossless.EncodeResult(n, res.constants, res.constant_values, 0, len(data))
 
 
 # --------------------------------------------------------------------------- encoder

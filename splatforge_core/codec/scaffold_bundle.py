@@ -87,7 +87,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path
 from ..log import get_logger
 from ..scaffold.layout import (APPEARANCE_FILE, FEATURE_BANK_FILE, MAX_MLP_BYTES, MLP_FILES, Anchors, anchor_property_names,
                                config_from_cfg, iteration_dir, read_cfg_args, validate_anchor_header)
@@ -646,14 +645,7 @@ def write_stored(a: Anchors, q: np.ndarray, s: np.ndarray, z: np.ndarray, out_pa
     want = {nm: rec[nm].astype(np.float32) for nm in rec.dtype.names if not nm.startswith("f_anchor_feat_")}
     for j in range(q.shape[1]):
         want[f"f_anchor_feat_{j}"] = deq[:, j]
-    with atomic_path(out_path) as tmp:
-        Path(tmp).write_bytes(data)
-        got = decode_parts(tmp)[1]
-        ok = list(got.dtype.names) == list(rec.dtype.names) and all(
-            np.array_equal(got[nm].view(np.uint32), want[nm].view(np.uint32)) for nm in got.dtype.names)
-        if not ok:
-            raise lossless.RoundTripError(f"{out_path}: self-check failed: decoding the {PRESET} output did not "
-                                          "reproduce the dequantised values bit for bit; the output was deleted")
+    qat_bundle.write_checked(data, out_path, list(rec.dtype.names), want, decode_parts, PRESET)
     return lossless.EncodeResult(a.n, res.constants, res.constant_values, 0, len(data))
 
 

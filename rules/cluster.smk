@@ -120,18 +120,44 @@ rule sfm_place_cluster:
         "../scripts/sfm_place_cluster.py"
 
 
+# The whole scene's coarse pass (cluster.coarse_fraction > 0): the first part of the training
+# schedule on the merged model, which every cluster then continues on its own members.
+use rule train as train_coarse with:
+    input:
+        aligned=W("aligned"),
+        images=W("images"),
+        masks=W("masks"),
+        views=W("views.json"),
+    output:
+        splat=W("coarse/splat.ply"),
+        metrics=W("coarse/metrics.json"),
+        state=W("coarse/state.pt"),
+    params:
+        out_dir=W("coarse"),
+        options=lambda wildcards: stage_options(wildcards.scene, "train"),
+        cluster=lambda wildcards: stage_options(wildcards.scene, "cluster"),
+        role="coarse",
+    benchmark:
+        W("benchmarks/train_coarse.tsv")
+    log:
+        W("logs/train_coarse.log"),
+
+
 use rule train as train_cluster with:
     input:
         aligned=C("placed"),
         images=W("images"),
         masks=W("masks"),
         views=W("views.json"),
+        init=cluster_init_splat,
     output:
         splat=C("splat/splat.ply"),
         metrics=C("splat/metrics.json"),
     params:
         out_dir=C("splat"),
         options=lambda wildcards: stage_options(wildcards.scene, "train"),
+        cluster=lambda wildcards: stage_options(wildcards.scene, "cluster"),
+        role="cluster",
     benchmark:
         C("benchmarks/train.tsv")
     log:
@@ -145,10 +171,15 @@ rule splat_merge:
         splats=per_cluster("splat/splat.ply"),
         metrics=per_cluster("splat/metrics.json"),
         views=W("views.json"),
+        aligned=W("aligned"),
+        images=W("images"),
+        masks=W("masks"),
     output:
         splat=W("splat/splat.ply"),
         metrics=W("splat/metrics.json"),
         merge=W("splat/merge.json"),
+    params:
+        train=lambda wildcards: stage_options(wildcards.scene, "train"),
     wildcard_constraints:
         scene=scene_regex(CLUSTERED_SCENES),
     benchmark:

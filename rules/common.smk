@@ -147,6 +147,17 @@ def per_cluster(path):
     return files
 
 
+def cluster_init_splat(wildcards):
+    """Input function of train_cluster: the state of the scene's coarse pass when its
+    cluster.coarse_fraction is > 0 (the cluster continues that run), else nothing (the cluster
+    starts from its own SfM points)."""
+    from splatforge_core.cluster import has_coarse_pass
+
+    if has_coarse_pass(stage_options(wildcards.scene, "cluster")):
+        return W("coarse/state.pt").format(scene=wildcards.scene)
+    return []
+
+
 def cluster_threads(n):
     """``threads:`` of a parallel rule: every core given with --cores on a local run (Snakemake caps
     a rule's threads at --cores), and ``n`` on a cluster, where there is no --cores and ``n`` is what

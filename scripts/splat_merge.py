@@ -11,4 +11,5 @@ def _by_cluster(files):
 run_stage(snakemake, splat_merge,
           lambda m: m.main(snakemake.input.clusters, _by_cluster(snakemake.input.splats),
                            _by_cluster(snakemake.input.metrics), snakemake.input.views, snakemake.output.splat,
-                           snakemake.output.metrics, snakemake.output.merge))
+                           snakemake.output.metrics, snakemake.output.merge, aligned_dir=snakemake.input.aligned,
+                           images_dir=snakemake.input.images, train_options=snakemake.params.train))

@@ -44,7 +44,7 @@ class ExecutorSettings(ExecutorSettingsBase):
                                               "env_var": False})
     beacon_port: int = field(default=BEACON_PORT, metadata={"help": "UDP beacon port (0: no beacons)", "env_var": False})
     beacon_address: str = field(default="255.255.255.255", metadata={"help": "beacon broadcast address", "env_var": False})
-    farm_rules: str = field(default="train,train_cluster", metadata={
+    farm_rules: str = field(default="train,train_coarse,train_cluster", metadata={
         "help": "comma-separated rules sent to workers; all others run locally", "env_var": False})
     heartbeat: float = field(default=1.0, metadata={"help": "seconds between heartbeats", "env_var": False})
     timeout: float = field(default=20.0, metadata={"help": "seconds of worker silence before its job is offered again",

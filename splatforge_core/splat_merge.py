@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from .cluster import cell_labels, read_clusters
 from .errors import InputError
 from .io import read_json, write_json
 from .log import get_logger
-from .splat import read_splat_ply, write_splat_ply
+from .splat import read_splat_ply, sh_degree_from_rest, write_splat_ply
 
 log = get_logger("splat_merge")
 
@@ -46,7 +46,8 @@ def crop_to_cell(splat: dict[str, np.ndarray], centres_en: np.ndarray, index: in
 
 
 def concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate splat dicts (Gaussians in order); SH raised to the highest degree present.
+    """Concatenate splat dicts (Gaussians in order); SH raised to the highest degree present
+    (``sh_degree`` of the result).
 
     Raises:
         InputError: no parts.
@@ -56,6 +57,7 @@ def concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     k = max(p["shN"].shape[1] for p in parts)
     out = {key: np.concatenate([p[key] for p in parts], axis=0) for key in _KEYS}
     out["shN"] = np.concatenate([np.pad(p["shN"], ((0, 0), (0, k - p["shN"].shape[1]), (0, 0))) for p in parts], axis=0)
+    out["sh_degree"] = sh_degree_from_rest(k)
     return out
 
 
@@ -134,9 +136,56 @@ def merge_splats(splats: dict[str, dict[str, np.ndarray]], clusters: list[dict])
     return merged, {"clusters": rep, "num_gaussians": int(len(merged["means"]))}
 
 
+def _trained_max_side(per: dict, metrics_paths: dict) -> Optional[int]:
+    """Longer image side the clusters trained at (their metrics.json ``resolution``), or None."""
+    for p in metrics_paths.values():
+        if p and Path(p).is_file():
+            side = (read_json(p).get("resolution") or {}).get("max_side")
+            if side:
+                return int(side)
+    return None
+
+
+def evaluate_merged(merged: dict, aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
+                    views_path: str | os.PathLike, train_options: dict | None,
+                    max_side: Optional[int]) -> Optional[dict]:
+    """Held-out PSNR (dB) / SSIM of the merged splat at the scene's held-out views.
+
+    Args:
+        merged: splat dict (:func:`merge_splats`). aligned_dir: the merged COLMAP model.
+        images_dir, views_path: the scene's images and ``views.json``.
+        train_options: the ``train`` section (held-out rule,
+            :func:`splatforge_core.cluster.scene_held_out_frames`; ``cpu_max_side`` when
+            ``max_side`` is None). max_side: longer image side in pixels the clusters trained at.
+
+    Returns:
+        ``{"psnr", "ssim", "n_views", "per_view", "frames"}``, or None when no frame is held out.
+
+    Raises:
+        InputError: unreadable model or images (named).
+    """
+    from .cluster import scene_held_out_frames
+    from .finetune import evaluate
+    from .train.data import load_scene
+    from .train.options import TrainOptions
+
+    held = scene_held_out_frames(views_path, train_options)
+    if not held:
+        return None
+    if max_side is None:
+        max_side = TrainOptions.from_dict(train_options).cpu_max_side
+    scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_frames=held)
+    if not scene.test:
+        return None
+    ev = evaluate(merged, scene.test)
+    ev["frames"] = list(scene.test_frames)
+    return ev
+
+
 def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathLike], metrics_paths: dict[str, str | os.PathLike],
          views_path: str | os.PathLike, ply_path: str | os.PathLike, metrics_path: str | os.PathLike,
-         merge_path: str | os.PathLike) -> dict:
+         merge_path: str | os.PathLike, aligned_dir: str | os.PathLike | None = None,
+         images_dir: str | os.PathLike | None = None, train_options: dict | None = None) -> dict:
     """The ``splat_merge`` rule: the clusters' ``splat.ply`` -> the scene's ``splat/splat.ply``.
 
     Args:
@@ -145,12 +194,19 @@ def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathL
         metrics_paths: cluster name -> ``clusters/{cluster}/splat/metrics.json``.
         views_path: ``views.json`` (capture positions for the density check).
         ply_path: output merged splat (Inria layout, written atomically).
-        metrics_path: output ``metrics.json`` of the merged splat: ``final`` = the clusters'
-            held-out ``psnr``/``ssim`` averaged with the number of held-out views as weights
-            (``eval_note`` says so: it is not a render of the merged splat), ``num_gaussians``,
-            ``clusters`` (each cluster's ``final``, ``num_gaussians``, ``n_test_views``).
+        metrics_path: output ``metrics.json`` of the merged splat: ``final`` = held-out
+            ``psnr``/``ssim`` of the merged splat rendered at the scene's held-out views
+            (:func:`splatforge_core.cluster.scene_held_out_frames`, which no cluster trained on)
+            when ``aligned_dir`` is given, else the clusters' own held-out metrics averaged with
+            the number of held-out views as weights (``eval_note`` says which);
+            ``clusters_final`` (that weighted average), ``num_gaussians``, ``clusters`` (each
+            cluster's ``final``, ``num_gaussians``, ``n_test_views``).
         merge_path: output ``merge.json``: per cluster trained/kept Gaussians, the overlap
             density check (:func:`overlap_density`), ``wall_s``.
+        aligned_dir, images_dir: the merged model and the scene's images, for the held-out
+            render (None: no render).
+        train_options: the scene's ``train`` section (held-out rule; image size when a cluster's
+            metrics do not give it).
 
     Returns:
         The merge report.
@@ -177,22 +233,35 @@ def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathL
                           "n_test_views": m.get("n_test_views"), "test_frames": m.get("test_frames"),
                           "iterations": m.get("iterations"), "train_seconds": m.get("train_seconds")}
     w = {k: float(v.get("n_test_views") or 0) for k, v in per.items() if (v.get("final") or {}).get("psnr") is not None}
-    final = {}
+    clusters_final = {}
     if w and sum(w.values()) > 0:
         for key in ("psnr", "ssim"):
             vals = [(per[k]["final"].get(key), w[k]) for k in w if per[k]["final"].get(key) is not None]
             if vals:
-                final[key] = float(sum(v * x for v, x in vals) / sum(x for _, x in vals))
+                clusters_final[key] = float(sum(v * x for v, x in vals) / sum(x for _, x in vals))
+    final, note, per_view, test_frames = clusters_final, (
+        "clustered scene: held-out metrics are the clusters' own (each cluster's splat on its held-out views), "
+        "averaged weighted by held-out views; not a render of the merged splat"), {}, None
+    if aligned_dir is not None and images_dir is not None:
+        ev = evaluate_merged(merged, aligned_dir, images_dir, views_path, train_options,
+                             _trained_max_side(per, metrics_paths))
+        if ev is not None:
+            final = {k: ev[k] for k in ("psnr", "ssim")}
+            per_view, test_frames = ev["per_view"], ev["frames"]
+            note = (f"clustered scene: the merged splat rendered at the scene's held-out views ({ev['n_views']} "
+                    f"views of frames {', '.join(ev['frames'])}, which no cluster trained on)")
     metrics = {
         "schema_version": 1,
         "clustered": True,
         "final": final,
-        "eval_note": "clustered scene: held-out metrics are the clusters' own (each cluster's splat on its held-out "
-                     "views), averaged weighted by held-out views; not a render of the merged splat",
+        "clusters_final": clusters_final,
+        "final_per_view": per_view,
+        "eval_note": note,
         "num_gaussians": report["num_gaussians"],
         "iterations": sum(int(v.get("iterations") or 0) for v in per.values()),
         "train_seconds": sum(float(v.get("train_seconds") or 0.0) for v in per.values()),
-        "test_frames": sorted({f for v in per.values() for f in (v.get("test_frames") or [])}),
+        "test_frames": test_frames if test_frames is not None
+        else sorted({f for v in per.values() for f in (v.get("test_frames") or [])}),
         "clusters": per,
         "ply": str(ply_path),
     }

@@ -205,7 +205,8 @@ def held_out_frame_indices(num_frames: int, every_n: Optional[int], offset: Opti
 
 def load_scene(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
                views_path: Optional[str | os.PathLike] = None, max_side: Optional[int] = None,
-               eval_every_n: int = 8, eval_offset: Optional[int] = None) -> SceneData:
+               eval_every_n: int = 8, eval_offset: Optional[int] = None,
+               eval_frames: Optional[List[str]] = None) -> SceneData:
     """Load a COLMAP model and its images for training.
 
     Args:
@@ -215,6 +216,8 @@ def load_scene(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         max_side: resize so the longer image side is <= this many pixels (None: keep).
         eval_every_n: hold out every n-th frame (sorted by name); 0 or None: no hold-out.
         eval_offset: first held-out frame index; None: interior (:func:`held_out_frame_indices`).
+        eval_frames: hold out exactly these frames (names) instead; frames not in the model are
+            ignored (the clustered workflow's finetunes get the whole scene's held-out frames).
 
     Returns:
         :class:`SceneData`.
@@ -282,8 +285,11 @@ def load_scene(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
                           vm.astype(np.float32), mask))
 
     frames = sorted({v.frame for v in views})
-    test_frames = [frames[i] for i in held_out_frame_indices(len(frames), eval_every_n, eval_offset)]
-    if eval_every_n and not test_frames:
+    if eval_frames is not None:
+        test_frames = [f for f in frames if f in set(eval_frames)]
+    else:
+        test_frames = [frames[i] for i in held_out_frame_indices(len(frames), eval_every_n, eval_offset)]
+    if eval_every_n and eval_frames is None and not test_frames:
         _LOG.warning("%d frame(s): nothing can be held out, no held-out evaluation", len(frames))
     test_set = set(test_frames)
     train = [v for v in views if v.frame not in test_set]

@@ -11,7 +11,7 @@ import torch
 from ..splat import SH_C0
 from .data import SceneData
 
-__all__ = ["init_gaussians", "sky_sphere"]
+__all__ = ["init_gaussians", "sky_sphere", "seen_by_views"]
 
 
 def _knn_mean_dist(points: np.ndarray, k: int = 3) -> np.ndarray:
@@ -96,3 +96,31 @@ def sky_sphere(scene: SceneData, n: int, radius_factor: float, max_views: int = 
         cnt[idx] += 1
     col = np.where(cnt[:, None] > 0, acc / np.maximum(cnt, 1)[:, None], 0.5)
     return pts.astype(np.float32), col.astype(np.float32), c.astype(np.float32), radius
+
+
+def seen_by_views(means: np.ndarray, views, margin: float = 0.1) -> np.ndarray:
+    """Which points some view sees: in front of its camera and inside its image grown by
+    ``margin`` x its size on every side (a Gaussian just outside the frame still spills in).
+
+    Args:
+        means: [N, 3] float positions (metres, the views' world frame).
+        views: :class:`.data.View` list (``viewmat`` [4, 4] cam_from_world, ``K`` [3, 3] pixels,
+            ``width``, ``height``).
+        margin: fraction of the image size added on each side.
+
+    Returns:
+        [N] bool.
+    """
+    x = np.asarray(means, np.float64)
+    seen = np.zeros(len(x), bool)
+    for v in views:
+        xc = x @ v.viewmat[:3, :3].T.astype(np.float64) + v.viewmat[:3, 3]
+        z = xc[:, 2]
+        front = z > 1e-6
+        uv = xc[front] @ v.K.T.astype(np.float64)
+        u, w = uv[:, 0] / uv[:, 2], uv[:, 1] / uv[:, 2]
+        mu, mv = margin * v.width, margin * v.height
+        inside = (u >= -mu) & (u <= v.width + mu) & (w >= -mv) & (w <= v.height + mv)
+        idx = np.flatnonzero(front)[inside]
+        seen[idx] = True
+    return seen

@@ -75,6 +75,16 @@ class TrainOptions:
     eval_offset: index of the first held-out frame (frames sorted by name); None (default):
         an interior frame, and never the first or last (:func:`~.data.held_out_frame_indices`);
         0: the Mip-NeRF 360 protocol (which holds out the first frame of a walk).
+    eval_frames: hold out exactly these frames (names, as in views.json) instead of every
+        ``eval_every_n``-th; frames not in the model are ignored. The clustered workflow gives
+        every cluster's finetune the coarse pass's held-out frames, so that no cluster trains on
+        a frame the scene holds out (issue #12). None (default): ``eval_every_n``/``eval_offset``.
+    schedule_start, schedule_stop: the part of the run's schedule this run trains, as fractions
+        of its steps (0.0 and 1.0 = the whole run). Learning-rate decay, SH-degree growth and the
+        densification schedule are those of the whole run: a run with ``schedule_stop`` 0.75
+        is the first 75 % of a run (a coarse pass), one with ``schedule_start`` 0.75 is its last
+        25 % continued from the first run's state (``init_from`` of :func:`.trainer.main`; the
+        clustered workflow's per-cluster finetune). ``schedule_start`` > 0 needs that state.
     eval_steps: steps (completed) at which held-out views are evaluated, besides the end;
         None -> [iterations // 2].
     n_eval_images: held-out views shown in renders.png (3).
@@ -128,6 +138,9 @@ class TrainOptions:
                                                                   [0.05, 750_000]])
     eval_every_n: int = field(default=8, metadata={"min": 0})
     eval_offset: Optional[int] = field(default=None, metadata={"min": 0})
+    eval_frames: Optional[List[str]] = None
+    schedule_start: float = field(default=0.0, metadata={"min": 0, "lt": 1})
+    schedule_stop: float = field(default=1.0, metadata={"gt": 0, "max": 1})
     eval_steps: Optional[List[int]] = None
     n_eval_images: int = field(default=3, metadata={"min": 0})
     checkpoint_every: int = field(default=500, metadata={"min": 1})
@@ -205,6 +218,12 @@ class TrainOptions:
                 raise InputError(f"train option {name!r} must be a positive number, got {v!r}")
         if not 0 < float(self.init_opacity) < 1:
             raise InputError(f"train option 'init_opacity' must be in (0, 1), got {self.init_opacity!r}")
+        if self.schedule_start >= self.schedule_stop:
+            raise InputError(f"train options: schedule_start ({self.schedule_start}) must be below schedule_stop "
+                             f"({self.schedule_stop})")
+        if self.eval_frames is not None and (not isinstance(self.eval_frames, (list, tuple))
+                                             or any(not isinstance(f, str) for f in self.eval_frames)):
+            raise InputError(f"train option 'eval_frames' must be a list of frame names, got {self.eval_frames!r}")
         if self.eval_steps is not None and (not isinstance(self.eval_steps, (list, tuple))
                                             or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
                                                    for s in self.eval_steps)):

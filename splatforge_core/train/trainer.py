@@ -81,11 +81,20 @@ class Trainer:
         self.ckpt_dir = out_dir / "checkpoints"
         on_cpu = device.type != "cuda"
         self.iterations = int(opts.iterations or (opts.cpu_iterations if on_cpu else 30_000))
+        # the part of the schedule this run trains (a coarse pass or a finetune, TrainOptions)
+        self.start_step = min(round(opts.schedule_start * self.iterations), self.iterations - 1)
+        self.stop_step = max(round(opts.schedule_stop * self.iterations), self.start_step + 1)
+        #: start of a run that continues another (:func:`main`'s ``init_from``, :func:`load_init`):
+        #: ``{"params": tensors as :meth:`_build` takes them, "optimizers": per-parameter Adam
+        #: moments or None, "strategy_state": per-Gaussian tensors or None, "step": int or None}``;
+        #: None: start from the SfM points and the sky sphere
+        self.init_splat: Optional[Dict[str, Any]] = None
         self.max_gaussians = opts.max_gaussians or (opts.cpu_max_gaussians if on_cpu else None)
         self.refine_start, self.refine_stop, self.reset_every, self.refine_every = refine_schedule(
             self.iterations, opts.refine_start, opts.refine_stop, opts.reset_every, opts.refine_every)
         self.eval_steps = sorted({int(x) for x in (opts.eval_steps if opts.eval_steps is not None
-                                                   else [self.iterations // 2]) if 0 < int(x) < self.iterations})
+                                                   else [self.iterations // 2])
+                                  if self.start_step < int(x) < self.stop_step})
         self.render_fn = _rasterization()
         self.tier = 0
         self.history: Dict[str, list] = {"step": [], "loss": [], "psnr": [], "num_gaussians": []}
@@ -130,6 +139,9 @@ class Trainer:
 
     def init_fresh(self) -> None:
         o = self.opts
+        if self.init_splat is not None:
+            self._init_from_splat()
+            return
         init_opacity, init_scale = self.recipe.init_opacity_scale(o)
         pts, cols = self.scene.points, self.scene.colors
         if self.sky is not None:
@@ -144,6 +156,49 @@ class Trainer:
         self._apply_tier()
         _LOG.info("initialised %d Gaussians from SfM points (+%d sky sphere points)", len(self.params["means"]),
                   0 if self.sky is None else len(self.sky[0]))
+
+    def _init_from_splat(self) -> None:
+        """Start at ``start_step`` from :attr:`init_splat`: its parameters (SH padded with zeros to
+        the run's degree), its Adam moments and densification statistics when it has them (a
+        checkpoint), and the means learning rate where the whole run has it at that step."""
+        o = self.opts
+        init = self.init_splat
+        if init.get("step") is not None and init["step"] != self.start_step:
+            raise InputError(f"{self.out_dir}: the run to continue stopped at step {init['step']}, but this run starts "
+                             f"at step {self.start_step} of {self.iterations} (schedule_start {o.schedule_start}): "
+                             f"both must use the same iterations and fraction")
+        t = dict(init["params"])
+        k = (o.sh_degree + 1) ** 2 - 1
+        m = min(k, t["shN"].shape[1])
+        shN = torch.zeros(len(t["means"]), k, 3)
+        shN[:, :m] = t["shN"][:, :m]
+        t["shN"] = shN
+        self._build(t)
+        for name, st in (init.get("optimizers") or {}).items():
+            st = dict(st)
+            for key in ("exp_avg", "exp_avg_sq"):
+                z = torch.zeros_like(self.params[name])
+                if name == "shN":
+                    z[:, :min(k, st[key].shape[1])] = st[key][:, :k]
+                else:
+                    z.copy_(st[key])
+                st[key] = z.to(self.device)
+            sd = self.optimizers[name].state_dict()
+            sd["state"] = {0: st}
+            self.optimizers[name].load_state_dict(sd)
+        for key, v in (init.get("strategy_state") or {}).items():
+            if torch.is_tensor(v) and key in self.strategy_state:
+                self.strategy_state[key] = v.to(self.device)
+        torch.manual_seed(o.seed)
+        random.seed(o.seed)
+        self.np_rng = np.random.default_rng(o.seed)
+        self.step = self.start_step
+        for g in self.optimizers["means"].param_groups:
+            g["lr"] = g["lr"] * self.scheduler.gamma ** self.start_step
+        self._apply_tier()
+        _LOG.info("initialised %d Gaussians from the initial splat%s; continuing its schedule at step %d of %d",
+                  len(self.params["means"]), " (with its Adam moments)" if init.get("optimizers") else "",
+                  self.start_step, self.iterations)
 
     # ---- checkpoints ------------------------------------------------------------------
     def save(self) -> Path:
@@ -277,9 +332,10 @@ class Trainer:
         return min(self.step // self.opts.sh_degree_interval, self.opts.sh_degree)
 
     def trained_sh_degree(self) -> int:
-        """SH degree in use at the last step of the run: ``min(sh_degree, (iterations - 1) //
-        sh_degree_interval)``; higher coefficients never receive a gradient and stay zero."""
-        return min((self.iterations - 1) // self.opts.sh_degree_interval, self.opts.sh_degree)
+        """SH degree in use at the last step of the run: ``min(sh_degree, (stop_step - 1) //
+        sh_degree_interval)`` (``stop_step`` = ``iterations`` unless ``schedule_stop`` < 1);
+        higher coefficients never receive a gradient and stay zero (or keep the initial splat's)."""
+        return min((self.stop_step - 1) // self.opts.sh_degree_interval, self.opts.sh_degree)
 
     # ---- evaluation -------------------------------------------------------------------
     @torch.no_grad()
@@ -295,7 +351,7 @@ class Trainer:
         pick = set(np.linspace(0, len(views) - 1, min(self.opts.n_eval_images, len(views))).round().astype(int))
         bg = None if self.opts.background != "white" else torch.ones(3, device=self.device)
         for i, v in enumerate(views):
-            img, _, _ = self.render(v, self.trained_sh_degree() if self.step >= self.iterations
+            img, _, _ = self.render(v, self.trained_sh_degree() if self.step >= self.stop_step
                                     else self._sh_degree_now(), bg)
             pred = img[..., :3].clamp(0, 1)
             gt = self._gt(v)[None]
@@ -323,11 +379,11 @@ class Trainer:
         from tqdm import tqdm
 
         o = self.opts
-        bar = tqdm(total=self.iterations, initial=self.step, disable=not o.progress, dynamic_ncols=True,
+        bar = tqdm(total=self.stop_step, initial=self.step, disable=not o.progress, dynamic_ncols=True,
                    desc="train", mininterval=1.0)
         t_last = time.perf_counter()
         try:
-            while self.step < self.iterations:
+            while self.step < self.stop_step:
                 view = self._next_view()
                 gt = self._gt(view)[None]
                 if o.background == "random":
@@ -359,7 +415,7 @@ class Trainer:
                 now = time.perf_counter()
                 self.train_seconds += now - t_last
                 t_last = now
-                if self.step % o.log_every == 0 or self.step == self.iterations:
+                if self.step % o.log_every == 0 or self.step == self.stop_step:
                     p = psnr(pred.detach(), gt, m)
                     n = int(len(self.params["means"]))
                     self.history["step"].append(self.step)
@@ -371,7 +427,7 @@ class Trainer:
                 if self.step in self.eval_steps and not any(e["step"] == self.step for e in self.evals):
                     self.evals.append(self.evaluate())
                     t_last = time.perf_counter()
-                if self.step % o.checkpoint_every == 0 or self.step == self.iterations:
+                if self.step % o.checkpoint_every == 0 or self.step == self.stop_step:
                     self.save()
                     t_last = time.perf_counter()
         finally:
@@ -411,7 +467,7 @@ def _resume_or_init(tr: Trainer, resume: bool) -> None:
         move_aside(tr.ckpt_dir, "train option resume is false")
     if ck is not None:
         tr.load(ck)
-        if tr.step < tr.iterations:
+        if tr.step < tr.stop_step:
             tr.resumed_from.append(tr.step)
         _LOG.info("resumed from checkpoint %s at step %d of %d", ck["_path"], tr.step, tr.iterations)
     else:
@@ -489,6 +545,7 @@ def _metrics(tr: Trainer, final: Dict[str, Any], final_train: Dict[str, Any], sh
         "schema_version": 1,
         "device": str(tr.device),
         "iterations": tr.iterations,
+        "start_step": tr.start_step,
         "final_step": tr.step,
         "resumed_from": tr.resumed_from,
         "oom_tier": tr.tier,
@@ -542,7 +599,9 @@ def _prepare_run(opts: TrainOptions, out_dir: str | os.PathLike, ply_path: str |
 
 def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
          views_path: Optional[str | os.PathLike], out_dir: str | os.PathLike,
-         ply_path: str | os.PathLike, options: Dict[str, Any] | TrainOptions | None = None) -> Dict[str, Any]:
+         ply_path: str | os.PathLike, options: Dict[str, Any] | TrainOptions | None = None,
+         init_from: Optional[str | os.PathLike] = None,
+         state_path: Optional[str | os.PathLike] = None) -> Dict[str, Any]:
     """Train a splat and write ``ply_path`` plus ``out_dir``'s metrics, figures and checkpoints.
 
     Args:
@@ -554,6 +613,15 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
             renders.png, curve.png, splat.ply.
         ply_path: final splat (``results/{scene}.ply``), Inria layout, written atomically.
         options: :class:`TrainOptions`, a dict of its fields, or None for defaults.
+        init_from: a run to continue instead of starting from the SfM points and the sky
+            sphere, at step ``schedule_start`` x iterations: another run's ``state_path`` file
+            (parameters with their Adam moments and densification statistics) or a splat (Inria
+            PLY, same ENU frame); see :func:`load_init`. This is how a cluster continues the
+            scene's coarse pass (CityGaussian: Liu et al. 2024, "CityGaussian: Real-time
+            High-quality Large-Scale Scene Rendering with Gaussians", sec. 3.2). Only the
+            Gaussians some training view sees are kept, so a cluster holds its own part.
+        state_path: where to write this run's final state (a checkpoint file, atomically) for
+            a run that continues it; None: not written.
 
     Returns:
         The metrics dict also written to ``out_dir/metrics.json``: ``final`` (held-out
@@ -562,11 +630,19 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
         resumed at), ``device``, ``resolution``, ``test_images``, ``lpips_note`` ...
 
     Raises:
-        InputError: bad options, unreadable model/images, a checkpoint file this project did not write.
+        InputError: bad options, unreadable model/images, a checkpoint file this project did not
+            write, an unreadable ``init_from``, ``schedule_start`` > 0 without ``init_from``, or
+            ``init_from``/a partial schedule with ``model`` scaffold.
         SplatForgeError: CUDA out of memory even with the last culling tier.
     """
     opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
     opts.validate()
+    if opts.schedule_start > 0 and init_from is None:
+        raise InputError(f"{out_dir}: train option schedule_start={opts.schedule_start} continues a run, but no "
+                         f"run to continue (init_from) was given")
+    if opts.model == "scaffold" and (init_from is not None or opts.schedule_stop < 1):
+        raise InputError(f"{out_dir}: model 'scaffold' trains whole runs only (no init_from, schedule_start/stop); "
+                         f"use model '3dgs' for clustered scenes with a coarse pass")
     if opts.model == "scaffold":  # Scaffold-GS: its own trainer, same inputs and outputs (+ out_dir/scaffold/)
         from ..scaffold.trainer import main as scaffold_main
 
@@ -576,7 +652,7 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
     # load
     max_side = opts.max_side if device.type == "cuda" else (opts.max_side or opts.cpu_max_side)
     scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_every_n=opts.eval_every_n,
-                       eval_offset=opts.eval_offset)
+                       eval_offset=opts.eval_offset, eval_frames=opts.eval_frames)
     if not scene.train:
         raise InputError(f"{aligned_dir}: no training views left after holding out every "
                          f"{opts.eval_every_n}th frame")
@@ -585,15 +661,93 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
                                     _masks_from_views(views_path).values(), views_path, asdict(opts))
     _LOG.info("input fingerprint of %d images in %.2f s", len(scene.train) + len(scene.test),
               time.perf_counter() - t_fp)
-    return _train_loaded(scene, opts, device, out_dir, ply_path, fingerprint, max_side, t0)
+    init = None
+    if init_from is not None:
+        init, fingerprint["init"] = load_init(init_from, scene)
+    metrics = _train_loaded(scene, opts, device, out_dir, ply_path, fingerprint, max_side, t0, init)
+    if state_path is not None:
+        _write_state(out_dir, Path(state_path))
+    return metrics
+
+
+def _write_state(out_dir: Path, state_path: Path) -> None:
+    """Copy the run's last checkpoint (written at its last step) to ``state_path`` atomically:
+    what a run that continues this one starts from (:func:`load_init`)."""
+    import shutil
+
+    from .checkpoint import list_checkpoints
+
+    cks = list_checkpoints(out_dir / "checkpoints")
+    if not cks:
+        raise SplatForgeError(f"{out_dir / 'checkpoints'}: no checkpoint to write {state_path} from")
+    with atomic_path(state_path) as tmp:
+        shutil.copyfile(cks[-1], tmp)
+
+
+def load_init(path: str | os.PathLike, scene: SceneData) -> tuple[Dict[str, Any], str]:
+    """The start of a continued run (:attr:`Trainer.init_splat`) and the sha256 of its file.
+
+    ``path`` is either a checkpoint this project wrote (``.pt``, e.g. the coarse pass's
+    ``state.pt``: parameters, Adam moments, densification statistics, checked by
+    :func:`.checkpoint.check_schema`, loaded with ``weights_only``) or a splat (Inria PLY,
+    :func:`splatforge_core.splat.read_splat_ply`: parameters only, fresh optimiser). Only the
+    Gaussians whose centre a training view of ``scene`` sees are kept (:func:`.init.seen_by_views`).
+
+    Raises:
+        InputError: unreadable or invalid file (named), or none of its Gaussians is seen by a
+            training view.
+    """
+    import hashlib
+
+    from ..splat import read_splat_ply
+    from .checkpoint import _load_one, check_schema
+    from .init import seen_by_views
+
+    path = Path(path)
+    optim = strategy = step = None
+    if path.suffix == ".pt":
+        ck = _load_one(path)
+        check_schema(ck, path)
+        params = {k: v.float() for k, v in ck["params"].items()}
+        optim = {k: {kk: vv for kk, vv in sd["state"][0].items()} for k, sd in ck["optimizers"].items()
+                 if isinstance(sd, dict) and 0 in (sd.get("state") or {})
+                 and all(torch.is_tensor(sd["state"][0].get(kk)) for kk in ("exp_avg", "exp_avg_sq"))}
+        n = len(params["means"])
+        strategy = {k: v for k, v in ck["strategy_state"].items() if torch.is_tensor(v) and v.dim() >= 1
+                    and v.shape[0] == n}
+        step = int(ck["step"])
+    else:
+        s = read_splat_ply(path)
+        params = {k: torch.from_numpy(np.ascontiguousarray(s[k], np.float32)) for k in ("means", "scales", "quats",
+                                                                                         "opacities", "shN")}
+        params["sh0"] = torch.from_numpy(np.ascontiguousarray(s["sh0"], np.float32))[:, None, :]
+    keep_np = seen_by_views(params["means"].numpy(), scene.train)
+    if not keep_np.any():
+        raise InputError(f"{path}: none of its {len(keep_np)} Gaussians is in front of a training view of this "
+                         f"scene; is it a splat of this scene, in the same ENU frame?")
+    keep = torch.from_numpy(keep_np)
+    _LOG.info("initial splat %s: %d of %d Gaussians seen by the %d training views", path, int(keep.sum()),
+              len(keep), len(scene.train))
+    out = {"params": {k: v[keep].contiguous() for k, v in params.items()}, "step": step,
+           "optimizers": None if optim is None else {
+               k: {kk: (vv[keep].contiguous() if kk in ("exp_avg", "exp_avg_sq") else vv) for kk, vv in st.items()}
+               for k, st in optim.items()},
+           "strategy_state": None if strategy is None else {k: v[keep].contiguous() for k, v in strategy.items()}}
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return out, h.hexdigest()
 
 
 def _train_loaded(scene: SceneData, opts: TrainOptions, device: torch.device, out_dir: Path, ply_path: Path,
-                  fingerprint: Dict[str, str], max_side: Optional[int], t0: float) -> Dict[str, Any]:
+                  fingerprint: Dict[str, str], max_side: Optional[int], t0: float,
+                  init: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
     """Train on a loaded scene, evaluate, write the splat and ``metrics.json`` (shared by
-    :func:`main` and :func:`train_scene_data`)."""
+    :func:`main` and :func:`train_scene_data`); ``init``: initial splat tensors (see :func:`main`)."""
     tr = Trainer(scene, opts, device, out_dir)
     tr.fingerprint = fingerprint
+    tr.init_splat = init
     _resume_or_init(tr, opts.resume)
     final = train_with_oom_tiers(tr)
     # how well the splat fits the views it was trained on (a pose or data problem shows here
@@ -654,7 +808,7 @@ def train_scene_data(scene: SceneData, out_dir: str | os.PathLike, ply_path: str
         the metrics dict (see :func:`main`).
 
     Raises:
-        InputError: bad options, no training views, no initial points.
+        InputError: bad options, no training views, no initial points, ``schedule_start`` > 0.
         SplatForgeError: CUDA out of memory even with the last culling tier.
     """
     opts = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options)
@@ -667,6 +821,9 @@ def train_scene_data(scene: SceneData, out_dir: str | os.PathLike, ply_path: str
         raise InputError("train_scene_data: the scene has no training views")
     if len(scene.points) == 0 and not opts.sky_points:
         raise InputError("train_scene_data: the scene has no initial points (and sky_points is 0)")
+    if opts.schedule_start > 0:
+        raise InputError("train_scene_data: schedule_start > 0 continues a run from an initial splat; "
+                         "use main(..., init_from=...)")
     device, out_dir, ply_path = _prepare_run(opts, out_dir, ply_path)
     t0 = time.perf_counter()
     return _train_loaded(scene, opts, device, out_dir, ply_path, scene_fingerprint(scene, asdict(opts)),

@@ -17,7 +17,9 @@ scenes on it:
   scene-wide (issue #12), so the clustered scene starts from a copy of the block's matched
   database (same files, mtimes kept; ``--rerun-triggers mtime``) and runs the split, the
   per-cluster database subsets, mapping, geo-alignment, the sparse merge, the per-cluster
-  training (``steps`` each, as the workflow does) and the splat merge.
+  training (the coarse pass over the merged model for ``cluster.coarse_fraction`` of the
+  ``steps``-step schedule, then each cluster the rest, as the workflow does; before the coarse
+  pass existed, ``steps`` each from its own SfM points) and the splat merge.
 
 Time (``s``) and peak resident memory (``max_rss``, MB) come from the rules' Snakemake
 benchmark TSVs. A clustered stage's time is the sum over its cluster jobs (the work to do; on
@@ -133,7 +135,9 @@ def collect(work: Path) -> dict:
                        "map": stage([d / "benchmarks" / "sfm_map.tsv" for d in cdirs]),
                        "align": stage([d / "benchmarks" / "sfm_align.tsv" for d in cdirs]),
                        "merge": stage([cls / "benchmarks" / "sfm_merge.tsv"]),
-                       "train": stage([d / "benchmarks" / "train.tsv" for d in cdirs]),
+                       # the coarse pass over the merged model (cluster.coarse_fraction) and the clusters
+                       "train": stage([cls / "benchmarks" / "train_coarse.tsv", *(d / "benchmarks" / "train.tsv"
+                                                                                  for d in cdirs)]),
                        "splat_merge": stage([cls / "benchmarks" / "splat_merge.tsv"])}
     # a size stopped part-way (time ran out) keeps the stages it finished
     pairs, views = blk / "pairs.txt", blk / "views.json"

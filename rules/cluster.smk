@@ -174,6 +174,7 @@ rule splat_merge:
         aligned=W("aligned"),
         images=W("images"),
         masks=W("masks"),
+        coarse=cluster_coarse_metrics,
     output:
         splat=W("splat/splat.ply"),
         metrics=W("splat/metrics.json"),

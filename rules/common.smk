@@ -158,6 +158,15 @@ def cluster_init_splat(wildcards):
     return []
 
 
+def cluster_coarse_metrics(wildcards):
+    """Input function of splat_merge: the coarse pass's metrics.json when the scene has one."""
+    from splatforge_core.cluster import has_coarse_pass
+
+    if has_coarse_pass(stage_options(wildcards.scene, "cluster")):
+        return W("coarse/metrics.json").format(scene=wildcards.scene)
+    return []
+
+
 def cluster_threads(n):
     """``threads:`` of a parallel rule: every core given with --cores on a local run (Snakemake caps
     a rule's threads at --cores), and ``n`` on a cluster, where there is no --cores and ``n`` is what

@@ -12,4 +12,5 @@ run_stage(snakemake, splat_merge,
           lambda m: m.main(snakemake.input.clusters, _by_cluster(snakemake.input.splats),
                            _by_cluster(snakemake.input.metrics), snakemake.input.views, snakemake.output.splat,
                            snakemake.output.metrics, snakemake.output.merge, aligned_dir=snakemake.input.aligned,
-                           images_dir=snakemake.input.images, train_options=snakemake.params.train))
+                           images_dir=snakemake.input.images, train_options=snakemake.params.train,
+                           coarse_metrics_path=snakemake.input.get("coarse") or None))

@@ -522,7 +522,8 @@ def _training(m: dict, splat_dir: Path, tmp: Path) -> tuple[list[str], list[str]
         rows += [["training-view PSNR (dB)", tv.get("psnr")], ["training-view SSIM", tv.get("ssim")]]
     if "lpips" in final:
         rows.append(["held-out LPIPS", final["lpips"]])
-    for label, key in (("iterations", "iterations"), ("final step", "final_step"), ("Gaussians", "num_gaussians"),
+    for label, key in (("iterations", "iterations"), ("final step", "final_step"),
+                       ("steps trained (coarse pass + clusters)", "steps"), ("Gaussians", "num_gaussians"),
                        ("SH degree (reached, in the PLY)", "sh_degree"),
                        ("SH degree (configured)", "sh_degree_configured"), ("strategy", "strategy"), ("device", "device"),
                        ("train views", "n_train_views"), ("held-out views", "n_test_views"),

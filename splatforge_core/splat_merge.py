@@ -136,7 +136,16 @@ def merge_splats(splats: dict[str, dict[str, np.ndarray]], clusters: list[dict])
     return merged, {"clusters": rep, "num_gaussians": int(len(merged["means"]))}
 
 
-def _trained_max_side(per: dict, metrics_paths: dict) -> Optional[int]:
+def _run_summary(m: dict) -> dict:
+    """What the merged metrics keep of one training run's ``metrics.json``; ``steps`` = the steps
+    it trained (a run continuing the coarse pass starts at ``start_step``)."""
+    steps = None if m.get("final_step") is None else int(m["final_step"]) - int(m.get("start_step") or 0)
+    return {"final": m.get("final"), "num_gaussians": m.get("num_gaussians"), "n_test_views": m.get("n_test_views"),
+            "test_frames": m.get("test_frames"), "iterations": m.get("iterations"), "steps": steps,
+            "train_seconds": m.get("train_seconds")}
+
+
+def _trained_max_side(metrics_paths: dict) -> Optional[int]:
     """Longer image side the clusters trained at (their metrics.json ``resolution``), or None."""
     for p in metrics_paths.values():
         if p and Path(p).is_file():
@@ -185,7 +194,8 @@ def evaluate_merged(merged: dict, aligned_dir: str | os.PathLike, images_dir: st
 def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathLike], metrics_paths: dict[str, str | os.PathLike],
          views_path: str | os.PathLike, ply_path: str | os.PathLike, metrics_path: str | os.PathLike,
          merge_path: str | os.PathLike, aligned_dir: str | os.PathLike | None = None,
-         images_dir: str | os.PathLike | None = None, train_options: dict | None = None) -> dict:
+         images_dir: str | os.PathLike | None = None, train_options: dict | None = None,
+         coarse_metrics_path: str | os.PathLike | None = None) -> dict:
     """The ``splat_merge`` rule: the clusters' ``splat.ply`` -> the scene's ``splat/splat.ply``.
 
     Args:
@@ -207,6 +217,8 @@ def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathL
             render (None: no render).
         train_options: the scene's ``train`` section (held-out rule; image size when a cluster's
             metrics do not give it).
+        coarse_metrics_path: the coarse pass's ``metrics.json`` when the scene has one: its
+            held-out metrics, steps and time go to ``coarse`` and into the totals.
 
     Returns:
         The merge report.
@@ -229,9 +241,8 @@ def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathL
     for c in doc["clusters"]:
         p = metrics_paths.get(c["name"])
         m = read_json(p) if p and Path(p).is_file() else {}
-        per[c["name"]] = {"final": m.get("final"), "num_gaussians": m.get("num_gaussians"),
-                          "n_test_views": m.get("n_test_views"), "test_frames": m.get("test_frames"),
-                          "iterations": m.get("iterations"), "train_seconds": m.get("train_seconds")}
+        per[c["name"]] = _run_summary(m)
+    coarse = _run_summary(read_json(coarse_metrics_path)) if coarse_metrics_path else None
     w = {k: float(v.get("n_test_views") or 0) for k, v in per.items() if (v.get("final") or {}).get("psnr") is not None}
     clusters_final = {}
     if w and sum(w.values()) > 0:
@@ -244,7 +255,7 @@ def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathL
         "averaged weighted by held-out views; not a render of the merged splat"), {}, None
     if aligned_dir is not None and images_dir is not None:
         ev = evaluate_merged(merged, aligned_dir, images_dir, views_path, train_options,
-                             _trained_max_side(per, metrics_paths))
+                             _trained_max_side(metrics_paths))
         if ev is not None:
             final = {k: ev[k] for k in ("psnr", "ssim")}
             per_view, test_frames = ev["per_view"], ev["frames"]
@@ -258,8 +269,10 @@ def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathL
         "final_per_view": per_view,
         "eval_note": note,
         "num_gaussians": report["num_gaussians"],
-        "iterations": sum(int(v.get("iterations") or 0) for v in per.values()),
-        "train_seconds": sum(float(v.get("train_seconds") or 0.0) for v in per.values()),
+        # steps and seconds trained in all (the coarse pass and every cluster)
+        "steps": sum(int(v["steps"] or 0) for v in [*per.values(), *([coarse] if coarse else [])]),
+        "train_seconds": sum(float(v.get("train_seconds") or 0.0) for v in [*per.values(), *([coarse] if coarse else [])]),
+        "coarse": coarse,
         "test_frames": test_frames if test_frames is not None
         else sorted({f for v in per.values() for f in (v.get("test_frames") or [])}),
         "clusters": per,

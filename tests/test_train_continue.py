@@ -113,6 +113,18 @@ def test_a_state_that_is_not_a_checkpoint_is_refused(scene, tmp_path):
              {**OPTS, "schedule_start": 0.5}, init_from=bad)
 
 
+@pytest.mark.hostile(cls="checkpoint", expect="clear_error")
+def test_a_state_with_adam_moments_of_the_wrong_shape_is_refused(split_run, scene, tmp_path):
+    d, _, _ = split_run
+    st = torch.load(d / "state.pt", weights_only=True)
+    st["optimizers"]["means"]["state"][0]["exp_avg"] = torch.zeros(3, 3)
+    bad = tmp_path / "state.pt"
+    torch.save(st, bad)
+    with pytest.raises(InputError, match="state.pt.*Adam state 'exp_avg' of 'means'"):
+        main(scene["aligned"], scene["images"], scene["views"], tmp_path / "b", tmp_path / "b.ply",
+             {**OPTS, "schedule_start": 0.5}, init_from=bad)
+
+
 def test_seen_by_views_keeps_what_a_camera_sees():
     K = np.array([[50.0, 0, 50], [0, 50.0, 50], [0, 0, 1]], np.float32)
     v = View("v", "f", np.zeros((100, 100, 3), np.uint8), K, np.eye(4, dtype=np.float32), None)
@@ -162,14 +174,18 @@ def test_merge_renders_the_merged_splat_at_the_scenes_held_out_views(split_run, 
     mets = {}
     for c in ("c0", "c1"):
         mets[c] = tmp_path / f"{c}.json"
-        mets[c].write_text(json.dumps({"final": {"psnr": 1.0, "ssim": 0.1}, "n_test_views": 1,
-                                       "resolution": {"max_side": 48}}))
+        mets[c].write_text(json.dumps({"final": {"psnr": 1.0, "ssim": 0.1}, "n_test_views": 1, "start_step": 40,
+                                       "final_step": 80, "train_seconds": 2.0, "resolution": {"max_side": 48}}))
     splat_merge.main(tmp_path / "clusters.json", {"c0": d / "b.ply", "c1": d / "b.ply"}, mets, scene["views"],
                      tmp_path / "m.ply", tmp_path / "metrics.json", tmp_path / "merge.json",
-                     aligned_dir=scene["aligned"], images_dir=scene["images"], train_options={})
+                     aligned_dir=scene["aligned"], images_dir=scene["images"], train_options={},
+                     coarse_metrics_path=d / "a" / "metrics.json")
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert len(read_splat_ply(tmp_path / "m.ply")["means"]) == len(s["means"])
     assert m["test_frames"] == second["test_frames"]
     assert m["final"]["psnr"] == pytest.approx(second["final"]["psnr"], abs=1e-3)
     assert m["clusters_final"]["psnr"] == pytest.approx(1.0)
     assert "merged splat rendered" in m["eval_note"]
+    # steps trained in all: the coarse pass (the first run, 0-40) and each cluster (40-80)
+    assert m["steps"] == 40 + 2 * 40 and m["coarse"]["steps"] == 40
+    assert m["train_seconds"] == pytest.approx(m["coarse"]["train_seconds"] + 4.0)

@@ -713,6 +713,12 @@ def load_init(path: str | os.PathLike, scene: SceneData) -> tuple[Dict[str, Any]
                  if isinstance(sd, dict) and 0 in (sd.get("state") or {})
                  and all(torch.is_tensor(sd["state"][0].get(kk)) for kk in ("exp_avg", "exp_avg_sq"))}
         n = len(params["means"])
+        for k, st in optim.items():
+            for kk in ("exp_avg", "exp_avg_sq"):
+                if st[kk].shape != params[k].shape or not st[kk].is_floating_point():
+                    raise InputError(f"{path}: not a valid Splat Forge checkpoint (Adam state {kk!r} of {k!r} is "
+                                     f"{tuple(st[kk].shape)} {st[kk].dtype}, the parameter is "
+                                     f"{tuple(params[k].shape)}); delete it and rerun the coarse pass")
         strategy = {k: v for k, v in ck["strategy_state"].items() if torch.is_tensor(v) and v.dim() >= 1
                     and v.shape[0] == n}
         step = int(ck["step"])
@@ -742,9 +748,9 @@ def load_init(path: str | os.PathLike, scene: SceneData) -> tuple[Dict[str, Any]
 
 def _train_loaded(scene: SceneData, opts: TrainOptions, device: torch.device, out_dir: Path, ply_path: Path,
                   fingerprint: Dict[str, str], max_side: Optional[int], t0: float,
-                  init: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
+                  init: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train on a loaded scene, evaluate, write the splat and ``metrics.json`` (shared by
-    :func:`main` and :func:`train_scene_data`); ``init``: initial splat tensors (see :func:`main`)."""
+    :func:`main` and :func:`train_scene_data`); ``init``: the run to continue (:func:`load_init`)."""
     tr = Trainer(scene, opts, device, out_dir)
     tr.fingerprint = fingerprint
     tr.init_splat = init

@@ -1,5 +1,5 @@
-# Clustered scenes (issue #12): k-means split by GPS, per-cluster map/align/train, merged model
-# and splat. Only scenes in CLUSTERED_SCENES (rules/common.smk) run these rules; a one-block
+# Clustered scenes (issue #12): k-means split by GPS, per-cluster map/align, merged model, a coarse
+# pass over it (train_coarse), per-cluster training continuing that pass, merged splat. Only scenes in CLUSTERED_SCENES (rules/common.smk) run these rules; a one-block
 # scene never does. The per-cluster rules are the one-block rules on the C() paths.
 
 

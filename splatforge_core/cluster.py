@@ -19,6 +19,11 @@ The split (:func:`split`):
    neighbouring clusters share frames (the SfM merge uses them to compare the clusters' poses,
    and training sees past its cell's border).
 
+Training (:func:`train_job_options`): with ``coarse_fraction`` > 0 (default 0.9) one coarse pass
+over the whole merged model trains the first part of the schedule and every cluster continues that
+run on its own members (CityGaussian's coarse-to-fine recipe); all of them hold out the scene's
+held-out frames (:func:`scene_held_out_frames`), at which the merged splat is evaluated.
+
 Clusters are named ``c0``, ``c1``, ... in order of their centre's east, then north coordinate.
 ``work/{scene}/clusters.json`` (:func:`main`) holds the split; schema in ``docs/formats.md``.
 The one-cluster case (the default for scenes of up to ``max_panoramas`` frames) is not run at

@@ -169,17 +169,97 @@ def evaluate(splat: dict, views: Sequence[View], *, device: Optional[str | torch
     dev = _device(device)
     t = splat_to_tensors(splat, dev)
     bg = _background(background, dev)
+    return evaluate_renders(lambda v: render_view(t, v, int(splat["sh_degree"]), bg), views, dev)
+
+
+@torch.no_grad()
+def evaluate_renders(render: Callable[[View], torch.Tensor], views: Sequence[View],
+                     device: torch.device) -> dict[str, Any]:
+    """Mean PSNR (dB) and SSIM of ``render(view)`` ([1, H, W, 3] float RGB, clamped to [0, 1]
+    here) against each view's image, operator-mask pixels left out of the PSNR as in the trainer.
+    Shared by :func:`evaluate` (splats) and the Scaffold-GS anchors' evaluation.
+
+    Returns ``{"psnr", "ssim", "n_views", "per_view": {name: {"psnr", "ssim"}}}``.
+    """
     ps, ss = [], []
     for v in views:
-        pred = render_view(t, v, int(splat["sh_degree"]), bg).clamp(0, 1)
-        gt = _gt(v, dev)
-        m = _mask(v, dev)
+        pred = render(v).clamp(0, 1)
+        gt = _gt(v, device)
+        m = _mask(v, device)
         if m is not None:
             gt = torch.where(m, gt, pred)
         ps.append(psnr(pred, gt, m))
         ss.append(float(ssim(pred, gt)))
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "n_views": len(views),
             "per_view": {v.name: {"psnr": p, "ssim": s} for v, p, s in zip(views, ps, ss)}}
+
+
+def optimise(params: dict[str, torch.nn.Parameter], lrs: dict[str, float], views: Sequence[View],
+             render: Callable[[View], torch.Tensor], iterations: int, ssim_lambda: float,
+             warmup_steps: Optional[int], seed: int, device: torch.device, log_every: int = 0) -> dict[str, Any]:
+    """The finetune loop shared by :func:`finetune` (splats) and the Scaffold-GS anchors' finetune:
+    Adam (eps 1e-15, one group per parameter, learning rates ``lrs`` in that order) with a linear
+    warm-up (``warmup_steps``; None: half the run, see :class:`FinetuneOptions`), views in seeded
+    random order (every view once per epoch), loss ``(1 - ssim_lambda) L1 + ssim_lambda (1 - SSIM)``
+    with operator-mask pixels left out, non-finite gradients zeroed (and counted).
+
+    Args:
+        params: the trained tensors (``torch.nn.Parameter``, updated in place).
+        render: ``view -> [1, H, W, 3]`` float RGB, differentiable in ``params``.
+        log_every: a debug log line every this many steps (0: none).
+
+    Returns:
+        ``{"losses": [iterations] floats, "nonfinite": steps with a non-finite gradient,
+        "wall": seconds, "warm": warm-up steps}``.
+    """
+    opt = torch.optim.Adam([{"params": [params[k]], "lr": lr, "name": k} for k, lr in lrs.items()], eps=1e-15)
+    warm = iterations // 2 if warmup_steps is None else warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm)) if warm else None
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    losses: list[float] = []
+    nonfinite = 0
+    t0 = time.perf_counter()
+    for step in range(iterations):
+        if not order:
+            order = [int(i) for i in rng.permutation(len(views))]
+        v = views[order.pop()]
+        pred = render(v)
+        gt = _gt(v, device)
+        m = _mask(v, device)
+        if m is not None:
+            gt = torch.where(m, gt, pred.detach())
+        loss = (1 - ssim_lambda) * torch.abs(pred - gt).mean() + ssim_lambda * (1 - ssim(pred, gt))
+        loss.backward()
+        bad = False
+        for p in params.values():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                p.grad = torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                bad = True
+        nonfinite += bad
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
+        losses.append(float(loss.detach()))
+        if log_every and ((step + 1) % log_every == 0 or step + 1 == iterations):
+            _LOG.debug("finetune step %d/%d: loss %.5f", step + 1, iterations, losses[-1])
+    return {"losses": losses, "nonfinite": nonfinite, "wall": time.perf_counter() - t0, "warm": warm}
+
+
+def run_log(run: dict[str, Any], iterations: int, device: torch.device, quantisation_aware: bool) -> dict[str, Any]:
+    """The log fields every finetune reports, from :func:`optimise`'s result: ``iterations``,
+    ``device``, ``wall_secs``, ``sec_per_iter``, ``quantisation_aware``, ``warmup_steps``,
+    ``loss_first`` / ``loss_last`` (mean over the first / last ``min(10, iterations)`` steps),
+    ``nonfinite_grad_steps``."""
+    losses, wall = run["losses"], run["wall"]
+    k = min(10, len(losses))
+    return {"iterations": int(iterations), "device": str(device), "wall_secs": round(wall, 3),
+            "sec_per_iter": round(wall / iterations, 5) if iterations else 0.0,
+            "quantisation_aware": bool(quantisation_aware), "warmup_steps": int(run["warm"]),
+            "loss_first": float(np.mean(losses[:k])) if k else None,
+            "loss_last": float(np.mean(losses[-k:])) if k else None, "nonfinite_grad_steps": int(run["nonfinite"])}
 
 
 def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
@@ -229,61 +309,24 @@ def finetune(splat: dict, data: SceneData | Sequence[View], iterations: int, *,
     sh_degree = int(splat["sh_degree"])
     lrs = {"means": o.means_lr * scale, "scales": o.scales_lr, "quats": o.quats_lr,
            "opacities": o.opacities_lr, "sh0": o.sh0_lr, "shN": o.shN_lr}
-    opt = torch.optim.Adam([{"params": [params[k]], "lr": lrs[k], "name": k} for k in _KEYS], eps=1e-15)
-    warm = iterations // 2 if o.warmup_steps is None else o.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm)) if warm else None
     bg = _background(o.background, dev)
-    torch.manual_seed(o.seed)
-    rng = np.random.default_rng(o.seed)
-    order: list[int] = []
-    hist: dict[str, list] = {"step": [], "loss": []}
-    losses: list[float] = []
-    nonfinite = 0
-    t0 = time.perf_counter()
-    for step in range(iterations):
-        if not order:
-            order = [int(i) for i in rng.permutation(len(views))]
-        v = views[order.pop()]
-        gt = _gt(v, dev)
+
+    def render(v: View) -> torch.Tensor:
         shN = params["shN"]
         if quantise is not None and shN.shape[1]:
             shN = straight_through(shN, quantise)
         if quantise_all is not None:
             with torch.no_grad():
                 qv = quantise_all({k: p.detach() for k, p in params.items()})
-            pred = render_view({k: qv[k] + (params[k] - params[k].detach()) for k in _KEYS}, v, sh_degree, bg)
-        else:
-            pred = render_view(params, v, sh_degree, bg, shN=shN)
-        m = _mask(v, dev)
-        if m is not None:
-            gt = torch.where(m, gt, pred.detach())
-        loss = (1 - o.ssim_lambda) * torch.abs(pred - gt).mean() + o.ssim_lambda * (1 - ssim(pred, gt))
-        loss.backward()
-        bad = False
-        for p in params.values():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                p.grad = torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-                bad = True
-        nonfinite += bad
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if sched is not None:
-            sched.step()
-        lv = float(loss.detach())
-        losses.append(lv)
-        if (step + 1) % o.log_every == 0 or step + 1 == iterations:
-            hist["step"].append(step + 1)
-            hist["loss"].append(lv)
-            _LOG.debug("finetune step %d/%d: loss %.5f", step + 1, iterations, lv)
-    wall = time.perf_counter() - t0
-    k = min(10, len(losses))
-    log = {"iterations": int(iterations), "device": str(dev), "wall_secs": round(wall, 3),
-           "sec_per_iter": round(wall / iterations, 5) if iterations else 0.0,
-           "quantisation_aware": quantise is not None or quantise_all is not None, "warmup_steps": int(warm),
-           "loss_first": float(np.mean(losses[:k])) if k else None,
-           "loss_last": float(np.mean(losses[-k:])) if k else None,
-           "history": hist, "nonfinite_grad_steps": int(nonfinite)}
+            return render_view({k: qv[k] + (params[k] - params[k].detach()) for k in _KEYS}, v, sh_degree, bg)
+        return render_view(params, v, sh_degree, bg, shN=shN)
+
+    run = optimise(params, lrs, views, render, iterations, o.ssim_lambda, o.warmup_steps, o.seed, dev, o.log_every)
+    steps = [s for s in range(1, iterations + 1) if s % o.log_every == 0 or s == iterations]
+    log = {**run_log(run, iterations, dev, quantise is not None or quantise_all is not None),
+           "history": {"step": steps, "loss": [run["losses"][s - 1] for s in steps]}}
     if iterations:
         _LOG.info("finetune (%s, %s): %d steps in %.1f s, loss %.5f -> %.5f", dev,
-                  "QAT" if log["quantisation_aware"] else "fp32", iterations, wall, log["loss_first"], log["loss_last"])
+                  "QAT" if log["quantisation_aware"] else "fp32", iterations, log["wall_secs"], log["loss_first"],
+                  log["loss_last"])
     return tensors_to_splat(params, sh_degree), log

@@ -79,7 +79,6 @@ import dataclasses
 import os
 import re
 import tempfile
-import time
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -377,10 +376,8 @@ def evaluate_anchors(model, anchors: Anchors, views, *, device=None, background:
 
     Returns ``{"psnr", "ssim", "n_views", "per_view"}``. Raises :class:`InputError` for no views.
     """
-    import torch
 
-    from ..finetune import _background, _device, _gt, _mask
-    from ..metrics import psnr, ssim
+    from ..finetune import _background, _device, evaluate_renders
 
     if not views:
         raise InputError("evaluate: no views to evaluate on (the held-out split is empty)")
@@ -388,18 +385,7 @@ def evaluate_anchors(model, anchors: Anchors, views, *, device=None, background:
     t = _tensors(anchors, dev)
     mlps = _mlps_on(model, dev)
     bg = _background(background, dev)
-    ps, ss = [], []
-    with torch.no_grad():
-        for v in views:
-            pred = _render(t, mlps, model.config, v, bg)[None].clamp(0, 1)
-            gt = _gt(v, dev)
-            m = _mask(v, dev)
-            if m is not None:
-                gt = torch.where(m, gt, pred)
-            ps.append(psnr(pred, gt, m))
-            ss.append(float(ssim(pred, gt)))
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "n_views": len(views),
-            "per_view": {v.name: {"psnr": p, "ssim": s} for v, p, s in zip(views, ps, ss)}}
+    return evaluate_renders(lambda v: _render(t, mlps, model.config, v, bg)[None], views, dev)
 
 
 def finetune_anchors(model, data, iterations: int, *, quantise: Optional[Callable] = None,
@@ -424,8 +410,7 @@ def finetune_anchors(model, data, iterations: int, *, quantise: Optional[Callabl
     """
     import torch
 
-    from ..finetune import _background, _device, _gt, _mask, straight_through
-    from ..metrics import ssim
+    from ..finetune import _background, _device, optimise, run_log, straight_through
 
     o = options or AnchorFinetuneOptions()
     if iterations < 0:
@@ -438,56 +423,23 @@ def finetune_anchors(model, data, iterations: int, *, quantise: Optional[Callabl
     params = {k: torch.nn.Parameter(t[k]) for k in ("offset", "anchor_feat", "scaling")}
     mlps = _mlps_on(model, dev)
     lrs = {"offset": o.offset_lr * float(data.scene_scale), "anchor_feat": o.feat_lr, "scaling": o.scaling_lr}
-    opt = torch.optim.Adam([{"params": [params[k]], "lr": lr, "name": k} for k, lr in lrs.items()], eps=1e-15)
-    warm = iterations // 2 if o.warmup_steps is None else o.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm)) if warm else None
     bg = _background(o.background, dev)
-    torch.manual_seed(o.seed)
-    rng = np.random.default_rng(o.seed)
-    order: list[int] = []
-    losses: list[float] = []
-    nonfinite = 0
-    t0 = time.perf_counter()
-    for _ in range(iterations):
-        if not order:
-            order = [int(i) for i in rng.permutation(len(views))]
-        i = order.pop()
-        v = views[i]
+
+    def render(v):
         feat = params["anchor_feat"] if quantise is None else straight_through(params["anchor_feat"], quantise)
         cur = {"anchor": t["anchor"], "offset": params["offset"], "anchor_feat": feat, "scaling": params["scaling"]}
-        pred = _render(cur, mlps, model.config, v, bg)[None]
-        gt = _gt(v, dev)
-        m = _mask(v, dev)
-        if m is not None:
-            gt = torch.where(m, gt, pred.detach())
-        loss = (1 - o.ssim_lambda) * torch.abs(pred - gt).mean() + o.ssim_lambda * (1 - ssim(pred, gt))
-        loss.backward()
-        bad = False
-        for p in params.values():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                p.grad = torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-                bad = True
-        nonfinite += bad
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if sched is not None:
-            sched.step()
-        losses.append(float(loss.detach()))
-    wall = time.perf_counter() - t0
-    k = min(10, len(losses))
+        return _render(cur, mlps, model.config, v, bg)[None]
+
+    run = optimise(params, lrs, views, render, iterations, o.ssim_lambda, o.warmup_steps, o.seed, dev)
     a = model.anchors
     out = Anchors(a.anchor.copy(), params["offset"].detach().cpu().numpy().astype(np.float32),
                   params["anchor_feat"].detach().cpu().numpy().astype(np.float32), a.opacity.copy(),
                   params["scaling"].detach().cpu().numpy().astype(np.float32), a.rotation.copy())
-    flog = {"iterations": int(iterations), "device": str(dev), "wall_secs": round(wall, 3),
-            "sec_per_iter": round(wall / iterations, 5) if iterations else 0.0,
-            "quantisation_aware": quantise is not None, "warmup_steps": int(warm),
-            "loss_first": float(np.mean(losses[:k])) if k else None,
-            "loss_last": float(np.mean(losses[-k:])) if k else None, "nonfinite_grad_steps": int(nonfinite),
-            "trained": ["f_anchor_feat", "f_offset", "scale"]}
+    flog = {**run_log(run, iterations, dev, quantise is not None), "trained": ["f_anchor_feat", "f_offset", "scale"]}
     if iterations:
         log.info("scaffold finetune (%s, %s): %d steps in %.1f s, loss %.5f -> %.5f", dev,
-                 "QAT" if quantise is not None else "fp32", iterations, wall, flog["loss_first"], flog["loss_last"])
+                 "QAT" if quantise is not None else "fp32", iterations, flog["wall_secs"], flog["loss_first"],
+                 flog["loss_last"])
     return out, flog
 
 

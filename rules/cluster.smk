@@ -149,7 +149,7 @@ use rule train as train_cluster with:
         images=W("images"),
         masks=W("masks"),
         views=W("views.json"),
-        init=cluster_init_splat,
+        init=coarse_pass_file("state.pt"),
     output:
         splat=C("splat/splat.ply"),
         metrics=C("splat/metrics.json"),
@@ -174,7 +174,7 @@ rule splat_merge:
         aligned=W("aligned"),
         images=W("images"),
         masks=W("masks"),
-        coarse=cluster_coarse_metrics,
+        coarse=coarse_pass_file("metrics.json"),
     output:
         splat=W("splat/splat.ply"),
         metrics=W("splat/metrics.json"),

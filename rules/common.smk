@@ -147,24 +147,19 @@ def per_cluster(path):
     return files
 
 
-def cluster_init_splat(wildcards):
-    """Input function of train_cluster: the state of the scene's coarse pass when its
-    cluster.coarse_fraction is > 0 (the cluster continues that run), else nothing (the cluster
-    starts from its own SfM points)."""
-    from splatforge_core.cluster import has_coarse_pass
+def coarse_pass_file(path):
+    """Input function: work/{scene}/coarse/<path> when the scene's cluster.coarse_fraction is > 0,
+    else nothing. train_cluster continues the coarse pass's state.pt (without a coarse pass a cluster
+    starts from its own SfM points); splat_merge counts its metrics.json."""
 
-    if has_coarse_pass(stage_options(wildcards.scene, "cluster")):
-        return W("coarse/state.pt").format(scene=wildcards.scene)
-    return []
+    def files(wildcards):
+        from splatforge_core.cluster import has_coarse_pass
 
+        if has_coarse_pass(stage_options(wildcards.scene, "cluster")):
+            return W(f"coarse/{path}").format(scene=wildcards.scene)
+        return []
 
-def cluster_coarse_metrics(wildcards):
-    """Input function of splat_merge: the coarse pass's metrics.json when the scene has one."""
-    from splatforge_core.cluster import has_coarse_pass
-
-    if has_coarse_pass(stage_options(wildcards.scene, "cluster")):
-        return W("coarse/metrics.json").format(scene=wildcards.scene)
-    return []
+    return files
 
 
 def cluster_threads(n):

@@ -114,6 +114,18 @@ def test_a_state_that_is_not_a_checkpoint_is_refused(scene, tmp_path):
 
 
 @pytest.mark.hostile(cls="checkpoint", expect="clear_error")
+@pytest.mark.parametrize("name", ["state.pt", "coarse.ply"])
+def test_a_truncated_state_or_splat_is_a_clear_error(split_run, scene, tmp_path, name):
+    d, _, _ = split_run
+    src = d / ("state.pt" if name == "state.pt" else "a.ply")
+    bad = tmp_path / name
+    bad.write_bytes(src.read_bytes()[:5000])
+    with pytest.raises(InputError, match=name.replace(".", r"\.")):
+        main(scene["aligned"], scene["images"], scene["views"], tmp_path / "b", tmp_path / "b.ply",
+             {**OPTS, "schedule_start": 0.5}, init_from=bad)
+
+
+@pytest.mark.hostile(cls="checkpoint", expect="clear_error")
 def test_a_state_with_adam_moments_of_the_wrong_shape_is_refused(split_run, scene, tmp_path):
     d, _, _ = split_run
     st = torch.load(d / "state.pt", weights_only=True)

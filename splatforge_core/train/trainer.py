@@ -694,8 +694,8 @@ def load_init(path: str | os.PathLike, scene: SceneData) -> tuple[Dict[str, Any]
     Gaussians whose centre a training view of ``scene`` sees are kept (:func:`.init.seen_by_views`).
 
     Raises:
-        InputError: unreadable or invalid file (named), or none of its Gaussians is seen by a
-            training view.
+        InputError: unreadable (torn, truncated) or invalid file (named), or none of its
+            Gaussians is seen by a training view.
     """
     import hashlib
 
@@ -706,10 +706,17 @@ def load_init(path: str | os.PathLike, scene: SceneData) -> tuple[Dict[str, Any]
     path = Path(path)
     optim = strategy = step = None
     if path.suffix == ".pt":
-        ck = _load_one(path)
+        try:
+            ck = _load_one(path)
+        except InputError:
+            raise
+        except Exception as e:  # torn, truncated, not a torch file at all
+            raise InputError(f"{path}: cannot read this checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+                             f"); it is torn or not a checkpoint: delete it and rerun the run it continues (for a "
+                             f"cluster: the scene's coarse pass, train_coarse)") from None
         check_schema(ck, path)
         params = {k: v.float() for k, v in ck["params"].items()}
-        optim = {k: {kk: vv for kk, vv in sd["state"][0].items()} for k, sd in ck["optimizers"].items()
+        optim = {k: dict(sd["state"][0]) for k, sd in ck["optimizers"].items()
                  if isinstance(sd, dict) and 0 in (sd.get("state") or {})
                  and all(torch.is_tensor(sd["state"][0].get(kk)) for kk in ("exp_avg", "exp_avg_sq"))}
         n = len(params["means"])

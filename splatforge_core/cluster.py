@@ -71,7 +71,7 @@ class ClusterOptions:
             merged model before the clusters (CityGaussian, Liu et al. 2024): the coarse pass
             trains the first ``coarse_fraction`` of the schedule (steps, learning-rate decay,
             densification of the train section), every cluster continues it from the coarse
-            splat (the Gaussians its views see) for the rest on its own members, and is cropped
+            splat (all its Gaussians) for the rest on its own members, and is cropped
             to its cell. Each cluster then learns the far field (walls, sky) that every view sees
             from the same start, instead of each refitting it from its own SfM points with its
             own sky sphere. Measured on the 24-panorama demo, 2 clusters, the same 400 total

@@ -81,6 +81,27 @@ def test_a_ply_start_continues_with_a_fresh_optimiser(split_run, scene, tmp_path
     assert m["final"]["ssim"] > first["final"]["ssim"]
 
 
+def test_gaussians_no_training_view_sees_are_carried_unchanged(split_run, scene, tmp_path):
+    """A cluster is cropped to its cell after training: a Gaussian of its cell that only another
+    cluster's views see must come through, or it is lost to both."""
+    d, _, _ = split_run
+    s = read_splat_ply(d / "a.ply")
+    far = np.array([[0.0, 0.0, 40.0 + i] for i in range(5)], np.float32)  # straight above the ring of cameras
+    assert not seen_by_views(far, load_scene(scene["aligned"], scene["images"], scene["views"]).train).any()
+    n = len(far)
+    init = tmp_path / "init.ply"
+    write_splat_ply(init, np.concatenate([s["means"], far]), np.concatenate([s["scales"], np.full((n, 3), -3, np.float32)]),
+                    np.concatenate([s["quats"], np.tile(np.float32([1, 0, 0, 0]), (n, 1))]),
+                    np.concatenate([s["opacities"], np.full(n, 2.0, np.float32)]),
+                    np.concatenate([s["sh0"], np.zeros((n, 3), np.float32)]),
+                    np.concatenate([s["shN"], np.zeros((n,) + s["shN"].shape[1:], np.float32)]))
+    main(scene["aligned"], scene["images"], scene["views"], tmp_path / "c", tmp_path / "c.ply",
+         {**OPTS, "schedule_start": 0.5}, init_from=init)
+    out = read_splat_ply(tmp_path / "c.ply")["means"]
+    for p in far:
+        assert (np.abs(out - p).max(1) == 0).any(), p
+
+
 def test_continuation_errors_name_what_is_wrong(split_run, scene, tmp_path):
     d, _, _ = split_run
     with pytest.raises(InputError, match="no run to continue"):

@@ -618,8 +618,8 @@ def main(aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
             (parameters with their Adam moments and densification statistics) or a splat (Inria
             PLY, same ENU frame); see :func:`load_init`. This is how a cluster continues the
             scene's coarse pass (CityGaussian: Liu et al. 2024, "CityGaussian: Real-time
-            High-quality Large-Scale Scene Rendering with Gaussians", sec. 3.2). Only the
-            Gaussians some training view sees are kept, so a cluster holds its own part.
+            High-quality Large-Scale Scene Rendering with Gaussians", sec. 3.2). All its
+            Gaussians are kept (:func:`load_init` says why).
         state_path: where to write this run's final state (a checkpoint file, atomically) for
             a run that continues it; None: not written.
 
@@ -690,8 +690,11 @@ def load_init(path: str | os.PathLike, scene: SceneData) -> tuple[Dict[str, Any]
     ``path`` is either a checkpoint this project wrote (``.pt``, e.g. the coarse pass's
     ``state.pt``: parameters, Adam moments, densification statistics, checked by
     :func:`.checkpoint.check_schema`, loaded with ``weights_only``) or a splat (Inria PLY,
-    :func:`splatforge_core.splat.read_splat_ply`: parameters only, fresh optimiser). Only the
-    Gaussians whose centre a training view of ``scene`` sees are kept (:func:`.init.seen_by_views`).
+    :func:`splatforge_core.splat.read_splat_ply`: parameters only, fresh optimiser). Every
+    Gaussian is kept, seen by this run's views or not: a cluster's splat is cropped to its cell
+    afterwards, and a Gaussian of that cell that only the neighbouring cluster's views see would
+    otherwise be lost to both (measured on lund, 2 clusters: keeping only the Gaussians each
+    cluster's views saw left 8,536 of the coarse pass's 17,970 in the merged splat).
 
     Raises:
         InputError: unreadable (torn, truncated) or invalid file (named), or none of its
@@ -734,18 +737,14 @@ def load_init(path: str | os.PathLike, scene: SceneData) -> tuple[Dict[str, Any]
         params = {k: torch.from_numpy(np.ascontiguousarray(s[k], np.float32)) for k in ("means", "scales", "quats",
                                                                                          "opacities", "shN")}
         params["sh0"] = torch.from_numpy(np.ascontiguousarray(s["sh0"], np.float32))[:, None, :]
-    keep_np = seen_by_views(params["means"].numpy(), scene.train)
-    if not keep_np.any():
-        raise InputError(f"{path}: none of its {len(keep_np)} Gaussians is in front of a training view of this "
+    seen = seen_by_views(params["means"].numpy(), scene.train)
+    if not seen.any():
+        raise InputError(f"{path}: none of its {len(seen)} Gaussians is in front of a training view of this "
                          f"scene; is it a splat of this scene, in the same ENU frame?")
-    keep = torch.from_numpy(keep_np)
-    _LOG.info("initial splat %s: %d of %d Gaussians seen by the %d training views", path, int(keep.sum()),
-              len(keep), len(scene.train))
-    out = {"params": {k: v[keep].contiguous() for k, v in params.items()}, "step": step,
-           "optimizers": None if optim is None else {
-               k: {kk: (vv[keep].contiguous() if kk in ("exp_avg", "exp_avg_sq") else vv) for kk, vv in st.items()}
-               for k, st in optim.items()},
-           "strategy_state": None if strategy is None else {k: v[keep].contiguous() for k, v in strategy.items()}}
+    _LOG.info("initial splat %s: %d Gaussians, %d of them seen by the %d training views", path, len(seen),
+              int(seen.sum()), len(scene.train))
+    out = {"params": {k: v.contiguous() for k, v in params.items()}, "step": step, "optimizers": optim,
+           "strategy_state": strategy}
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

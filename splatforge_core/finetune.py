@@ -28,6 +28,7 @@ whose held-out views are never passed to :func:`finetune`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import field
 from typing import Any, Callable, Optional, Sequence
@@ -38,7 +39,7 @@ import torch
 from .errors import InputError
 from .log import get_logger
 from .train.data import SceneData, View
-from .metrics import psnr, ssim
+from .metrics import psnr, save_comparison_png, ssim
 
 __all__ = ["FinetuneOptions", "finetune", "evaluate", "render_view", "splat_to_tensors", "tensors_to_splat",
            "straight_through"]
@@ -158,8 +159,9 @@ def _mask(view: View, device: torch.device) -> Optional[torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(splat: dict, views: Sequence[View], *, device: Optional[str | torch.device] = None,
-             background: str = "black") -> dict[str, Any]:
-    """Mean PSNR (dB) and SSIM of ``splat`` rendered at ``views`` against their images.
+             background: str = "black", png: Optional[str | os.PathLike] = None) -> dict[str, Any]:
+    """Mean PSNR (dB) and SSIM of ``splat`` rendered at ``views`` against their images (``png``:
+    also a render | ground truth figure of 3 of them, :func:`evaluate_renders`).
 
     Returns ``{"psnr", "ssim", "n_views", "per_view": {name: {"psnr", "ssim"}}}`` (operator-mask
     pixels left out of the PSNR as in the trainer). Raises :class:`InputError` for no views.
@@ -169,20 +171,25 @@ def evaluate(splat: dict, views: Sequence[View], *, device: Optional[str | torch
     dev = _device(device)
     t = splat_to_tensors(splat, dev)
     bg = _background(background, dev)
-    return evaluate_renders(lambda v: render_view(t, v, int(splat["sh_degree"]), bg), views, dev)
+    return evaluate_renders(lambda v: render_view(t, v, int(splat["sh_degree"]), bg), views, dev, png=png)
 
 
 @torch.no_grad()
 def evaluate_renders(render: Callable[[View], torch.Tensor], views: Sequence[View],
-                     device: torch.device) -> dict[str, Any]:
+                     device: torch.device, png: Optional[str | os.PathLike] = None,
+                     n_images: int = 3) -> dict[str, Any]:
     """Mean PSNR (dB) and SSIM of ``render(view)`` ([1, H, W, 3] float RGB, clamped to [0, 1]
     here) against each view's image, operator-mask pixels left out of the PSNR as in the trainer.
     Shared by :func:`evaluate` (splats) and the Scaffold-GS anchors' evaluation.
 
+    ``png``: also write render | ground truth of ``n_images`` evenly spaced views there (the
+    trainer's ``renders.png``, :func:`splatforge_core.metrics.save_comparison_png`).
+
     Returns ``{"psnr", "ssim", "n_views", "per_view": {name: {"psnr", "ssim"}}}``.
     """
-    ps, ss = [], []
-    for v in views:
+    ps, ss, pairs = [], [], []
+    pick = set(np.linspace(0, len(views) - 1, min(n_images, len(views))).round().astype(int)) if png else set()
+    for i, v in enumerate(views):
         pred = render(v).clamp(0, 1)
         gt = _gt(v, device)
         m = _mask(v, device)
@@ -190,6 +197,10 @@ def evaluate_renders(render: Callable[[View], torch.Tensor], views: Sequence[Vie
             gt = torch.where(m, gt, pred)
         ps.append(psnr(pred, gt, m))
         ss.append(float(ssim(pred, gt)))
+        if i in pick:
+            pairs.append((f"{v.name} ({ps[-1]:.2f} dB)", pred[0].cpu().numpy(), _gt(v, device)[0].cpu().numpy()))
+    if pairs:
+        save_comparison_png(png, pairs)
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "n_views": len(views),
             "per_view": {v.name: {"psnr": p, "ssim": s} for v, p, s in zip(views, ps, ss)}}
 

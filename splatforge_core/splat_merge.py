@@ -157,7 +157,7 @@ def _trained_max_side(metrics_paths: dict) -> Optional[int]:
 
 def evaluate_merged(merged: dict, aligned_dir: str | os.PathLike, images_dir: str | os.PathLike,
                     views_path: str | os.PathLike, train_options: dict | None,
-                    max_side: Optional[int]) -> Optional[dict]:
+                    max_side: Optional[int], png: Optional[str | os.PathLike] = None) -> Optional[dict]:
     """Held-out PSNR (dB) / SSIM of the merged splat at the scene's held-out views.
 
     Args:
@@ -166,6 +166,7 @@ def evaluate_merged(merged: dict, aligned_dir: str | os.PathLike, images_dir: st
         train_options: the ``train`` section (held-out rule,
             :func:`splatforge_core.cluster.scene_held_out_frames`; ``cpu_max_side`` when
             ``max_side`` is None). max_side: longer image side in pixels the clusters trained at.
+        png: also write render | ground truth of 3 held-out views there (``renders.png``).
 
     Returns:
         ``{"psnr", "ssim", "n_views", "per_view", "frames"}``, or None when no frame is held out.
@@ -186,7 +187,7 @@ def evaluate_merged(merged: dict, aligned_dir: str | os.PathLike, images_dir: st
     scene = load_scene(aligned_dir, images_dir, views_path, max_side=max_side, eval_frames=held)
     if not scene.test:
         return None
-    ev = evaluate(merged, scene.test)
+    ev = evaluate(merged, scene.test, png=png)
     ev["frames"] = list(scene.test_frames)
     return ev
 
@@ -255,7 +256,7 @@ def main(clusters_path: str | os.PathLike, splat_paths: dict[str, str | os.PathL
         "averaged weighted by held-out views; not a render of the merged splat"), {}, None
     if aligned_dir is not None and images_dir is not None:
         ev = evaluate_merged(merged, aligned_dir, images_dir, views_path, train_options,
-                             _trained_max_side(metrics_paths))
+                             _trained_max_side(metrics_paths), png=Path(metrics_path).parent / "renders.png")
         if ev is not None:
             final = {k: ev[k] for k in ("psnr", "ssim")}
             per_view, test_frames = ev["per_view"], ev["frames"]

@@ -219,6 +219,10 @@ def test_merge_renders_the_merged_splat_at_the_scenes_held_out_views(split_run, 
     assert m["final"]["psnr"] == pytest.approx(second["final"]["psnr"], abs=1e-3)
     assert m["clusters_final"]["psnr"] == pytest.approx(1.0)
     assert "merged splat rendered" in m["eval_note"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "renders.png") as im:  # render | ground truth of the held-out views, for the report
+        assert im.format == "PNG" and min(im.size) >= 64
     # steps trained in all: the coarse pass (the first run, 0-40) and each cluster (40-80)
     assert m["steps"] == 40 + 2 * 40 and m["coarse"]["steps"] == 40
     assert m["train_seconds"] == pytest.approx(m["coarse"]["train_seconds"] + 4.0)
